@@ -1,0 +1,75 @@
+"""Optional imports live here and only here, so `import nnx` works on any machine.
+
+Everything else asks this module (`has_numba`, `has_cupy`, `has_cupy_gpu()`) instead of
+importing numba or cupy itself. CUDA probing is lazy: importing nnx never touches a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# Numba's OpenMP workers and OpenBLAS's workers spin against each other on small machines
+# (8-35x slower steps measured on 2 cores). A passive wait policy makes idle workers sleep.
+# It only takes effect if set before the first parallel launch, so set it at import unless
+# the user chose a policy themselves.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+try:  # pragma: no cover - depends on the machine
+    import numba
+
+    has_numba = True
+    numba_version = numba.__version__
+except Exception:  # ImportError, or a broken llvmlite
+    numba = None
+    has_numba = False
+    numba_version = None
+
+try:  # pragma: no cover - depends on the machine
+    import cupy
+
+    has_cupy = True
+    cupy_version = cupy.__version__
+except Exception:
+    cupy = None
+    has_cupy = False
+    cupy_version = None
+
+try:  # pragma: no cover
+    import torch  # noqa: F401
+
+    has_torch = True
+except Exception:
+    has_torch = False
+
+try:  # pragma: no cover
+    import mpi4py  # noqa: F401
+
+    has_mpi4py = True
+except Exception:
+    has_mpi4py = False
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """Number of CUDA devices CuPy can see (0 without CuPy, driver or GPU)."""
+    if not has_cupy:
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def has_cupy_gpu() -> bool:
+    return cuda_device_count() > 0
+
+
+def cupy_unavailable_reason() -> str:
+    if not has_cupy:
+        return "CuPy is not installed"
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # the driver's own words
+        return f"CuPy is installed but CUDA is not usable: {exc}"
+    return "CuPy sees no CUDA device"

@@ -1,0 +1,34 @@
+"""nnx's exception types. Each message names the argument or layer, the expected and the
+actual value; the types subclass the builtin a caller would catch anyway."""
+
+
+class NNXError(Exception):
+    """Base class of nnx's own errors."""
+
+
+class BackendUnavailableError(NNXError, RuntimeError):
+    """A backend was asked for that cannot run on this machine."""
+
+
+class UnknownNameError(NNXError, ValueError):
+    """An unknown activation, loss, optimizer, initializer, layer or backend name."""
+
+
+class ShapeError(NNXError, ValueError):
+    """An input or weight of the wrong shape."""
+
+
+class InputError(NNXError, ValueError):
+    """Invalid input values: NaN/inf, labels out of range, wrong dtype."""
+
+
+class CheckpointError(NNXError, ValueError):
+    """A corrupt, truncated or invalid checkpoint file."""
+
+
+class TrainingDivergedError(NNXError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def unknown(kind: str, name, known) -> UnknownNameError:
+    return UnknownNameError(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(known))}")

@@ -1,0 +1,45 @@
+"""Chain: layers applied one after another; itself a layer, so chains nest."""
+
+from __future__ import annotations
+
+from .base import Layer, layer_from_dict, layer_to_dict
+
+
+class Chain(Layer):
+    def __init__(self, layers, name: str | None = None):
+        super().__init__(name)
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Chain {self.name!r}: item {i} is a {type(layer).__name__}, "
+                                "expected an nnx layer")
+        self.layers = layers
+
+    def sublayers(self):
+        return self.layers
+
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dy, need_dx=True):
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dy = self.layers[i].backward(dy, need_dx or i > 0)
+        return dy
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def get_config(self):
+        return {"layers": [layer_to_dict(layer) for layer in self.layers], "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        layers = config.pop("layers")
+        if not isinstance(layers, list):
+            raise ValueError("Chain config 'layers' must be a list")
+        return cls([layer_from_dict(d) for d in layers], **config)

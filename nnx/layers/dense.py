@@ -1,0 +1,82 @@
+"""Dense: y = act(x @ W + b), W of shape (in_features, out_features), b of shape (out,)."""
+
+from __future__ import annotations
+
+from .. import regularizers
+from ..initializers import get as get_initializer
+from .activations import check_activation
+from .base import Layer, ParamSpec
+
+
+class Dense(Layer):
+    """Fully connected layer with an optional fused activation.
+
+    The activation is fused into the backend's dense kernel (bias and activation applied in one
+    pass over the GEMM output). Inputs of shape (batch, ..., in_features) are accepted."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str | None = None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        for arg, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Dense {self.name!r}: {arg} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = check_activation(activation, f"activation of Dense {self.name!r}")
+        self.use_bias = bool(use_bias)
+        if isinstance(kernel_initializer, str) or kernel_initializer is None:
+            get_initializer(kernel_initializer or "glorot_uniform")  # fail early on a bad name
+        self.kernel_initializer = kernel_initializer or "glorot_uniform"
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def param_specs(self):
+        specs = [ParamSpec("W", (self.in_features, self.out_features), self.kernel_initializer,
+                           self.kernel_regularizer)]
+        if self.use_bias:
+            specs.append(ParamSpec("b", (self.out_features,), self.bias_initializer,
+                                   self.bias_regularizer))
+        return specs
+
+    def forward(self, x, training=False):
+        self._check_last_dim(x, self.in_features)
+        self._x = x
+        y, self._saved = self.ops.dense_forward(
+            x, self.params["W"], self.params.get("b"), self.activation
+        )
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dx, _dW, _db = self.ops.dense_backward(
+            dy, self._x, self.params["W"], self._saved, self.activation, need_dx,
+            self.grads["W"], self.grads.get("b"),
+        )
+        return dx
+
+    def output_shape(self, input_shape):
+        return (*input_shape[:-1], self.out_features)
+
+    def get_config(self):
+        init = self.kernel_initializer
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "activation": self.activation,
+            "use_bias": self.use_bias,
+            "kernel_initializer": init if isinstance(init, str) else "glorot_uniform",
+            "bias_initializer": self.bias_initializer
+            if isinstance(self.bias_initializer, str) else "zeros",
+            "kernel_regularizer": regularizers.to_config(self.kernel_regularizer),
+            "bias_regularizer": regularizers.to_config(self.bias_regularizer),
+            "name": self.name,
+        }

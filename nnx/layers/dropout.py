@@ -1,0 +1,26 @@
+"""Dropout(rate): inverted dropout in training, the identity at inference."""
+
+from __future__ import annotations
+
+from .base import Layer
+
+
+class Dropout(Layer):
+    def __init__(self, rate: float, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout {self.name!r}: rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, x, training=False):
+        self._mask = None
+        if not training or self.rate == 0.0:
+            return x
+        y, self._mask = self.ops.dropout_forward(x, self.rate)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return dy if self._mask is None else self.ops.backprop_dropout(dy, self._mask)
+
+    def get_config(self):
+        return {"rate": self.rate, "name": self.name}
