@@ -57,6 +57,7 @@ class Model:
     def compile(self, optimizer="adam", loss="softmax_cross_entropy", metrics=("accuracy",)):
         self.optimizer = optim_mod.get(optimizer)
         self.optimizer.setup(self.ops, self.store.size)
+        self.optimizer.attach(self)
         self.loss = losses_mod.get(loss)
         metrics = tuple(metrics or ())
         for m in metrics:
@@ -163,7 +164,7 @@ class Model:
         n = len(x)
         history = History()
         cbs = CallbackList(list(callbacks or []) + [history], self)
-        if verbose:
+        if verbose and self.optimizer.is_chief:
             cbs.append(ProgressBar(verbose))
         xd, yd = self.ops.device_dataset(x), self.ops.device_dataset(y)
         order_rng = np.random.default_rng(self.seed)
@@ -172,10 +173,10 @@ class Model:
         for epoch in range(epochs):
             cbs.on_epoch_begin(epoch)
             t0 = time.perf_counter()
-            order = order_rng.permutation(n) if shuffle else None
+            order = order_rng.permutation(n) if shuffle else np.arange(n)
             loss_sum, correct, seen = 0.0, 0, 0
             for bi, start in enumerate(range(0, n, batch_size)):
-                idx = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
+                idx = self.optimizer.local_batch(order[start:start + batch_size])
                 xb = self.ops.take_batch(xd, idx)
                 yb = self.loss.device_targets(self.ops, self.ops.take_batch(yd, idx))
                 loss, out = self._step(xb, yb)
@@ -189,6 +190,7 @@ class Model:
                 cbs.on_batch_end(bi, {"seen": seen, "loss_sum": loss_sum, "correct": correct})
                 if self.stop_training:
                     break
+            loss_sum, correct, seen = self.optimizer.reduce_sums([loss_sum, correct, seen])
             logs = {"loss": self._check_running(loss_sum, seen)}
             if self.metrics:
                 logs["accuracy"] = self.ops.to_float(correct) / max(seen, 1)
