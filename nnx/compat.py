@@ -7,6 +7,7 @@ importing numba or cupy itself. CUDA probing is lazy: importing nnx never touche
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 # Numba's OpenMP workers and OpenBLAS's workers spin against each other on small machines
@@ -35,19 +36,10 @@ except Exception:
     has_cupy = False
     cupy_version = None
 
-try:  # pragma: no cover
-    import torch  # noqa: F401
-
-    has_torch = True
-except Exception:
-    has_torch = False
-
-try:  # pragma: no cover
-    import mpi4py  # noqa: F401
-
-    has_mpi4py = True
-except Exception:
-    has_mpi4py = False
+# torch (a benchmark yardstick) and mpi4py (distributed) are looked up, not imported: importing
+# torch costs seconds, and importing mpi4py.MPI initializes MPI.
+has_torch = importlib.util.find_spec("torch") is not None
+has_mpi4py = importlib.util.find_spec("mpi4py") is not None
 
 
 @functools.lru_cache(maxsize=1)
