@@ -86,8 +86,8 @@ class Model:
         if x.ndim < 2:
             raise ShapeError(f"{arg}: expected a batch of shape (N, features...), got {x.shape}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise InputError(f"{arg} contains NaN or inf (first at index {tuple(bad)})")
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+            raise InputError(f"{arg} contains NaN or inf (first at index {bad})")
         return x
 
     def _output_shape(self, x):
@@ -170,6 +170,16 @@ class Model:
         order_rng = np.random.default_rng(self.seed)
         self.stop_training = False
         cbs.on_train_begin({"epochs": epochs, "samples": n, "batch_size": batch_size})
+        # Overflow on the way to a diverged loss is reported by the NaN check below, with advice,
+        # instead of as a stream of NumPy RuntimeWarnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._fit_epochs(cbs, xd, yd, n, epochs, batch_size, shuffle, check_every,
+                             validation_data, order_rng)
+        cbs.on_train_end()
+        return history
+
+    def _fit_epochs(self, cbs, xd, yd, n, epochs, batch_size, shuffle, check_every,
+                    validation_data, order_rng):
         for epoch in range(epochs):
             cbs.on_epoch_begin(epoch)
             t0 = time.perf_counter()
@@ -202,8 +212,6 @@ class Model:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        cbs.on_train_end()
-        return history
 
     def _check_running(self, loss_sum, seen) -> float:
         value = self.ops.to_float(loss_sum) / max(seen, 1)
