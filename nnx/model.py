@@ -295,9 +295,13 @@ class Model:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write weights, architecture and optimizer state atomically (see nnx.checkpoint)."""
+        """Write weights, architecture and optimizer state atomically (see nnx.checkpoint).
+
+        Under data parallelism only the chief process (rank 0) writes."""
         from .checkpoint import save
 
+        if self.optimizer is not None and not self.optimizer.is_chief:
+            return
         save(self, path)
 
     def get_config(self) -> dict:

@@ -30,6 +30,8 @@ class ParameterStore:
         for layer, spec, off, size in self.entries:
             layer.params[spec.name] = self.params[off : off + size].reshape(spec.shape)
             layer.grads[spec.name] = self.grads[off : off + size].reshape(spec.shape)
+        self._regularized = [(layer, spec) for layer, spec, _o, _s in self.entries
+                             if spec.regularizer]
         root.bind(ops)
         self.initialize(seed)
 
@@ -48,4 +50,5 @@ class ParameterStore:
         return [(layer, spec.name) for layer, spec, _o, _s in self.entries]
 
     def regularized(self):
-        return [(layer, spec) for layer, spec, _o, _s in self.entries if spec.regularizer]
+        """(layer, spec) of every parameter with a regularizer (computed once)."""
+        return self._regularized
