@@ -1,0 +1,153 @@
+// nnx optimizer updates over the flat parameter buffer: one launch each, in place.
+//
+// Host scalars arrive as double (computed in float64 on the host, e.g. 1 - beta2 and
+// lr / (1 - beta1**step)) and are rounded once to the parameter type, which is what the
+// NumPy reference does with Python floats (NEP 50: a Python float takes the array's dtype).
+//
+// Mixed precision (loss scaling): `scale` points at the current loss scale and `found_inf` at
+// the overflow flag, both on the device. The update multiplies each gradient by 1 / *scale
+// (a power of two: exact) and does nothing at all when *found_inf is set; nnx_check_finite_*
+// sets the flag beforehand and nnx_update_loss_scale adjusts the scale afterwards. Outside
+// mixed precision the caller passes scale = 1 and a flag that stays 0.
+
+#include "nnx_common.cuh"
+
+// PyTorch's SGD: g = grad/scale (+ wd*p); v = mu*v + g; p -= lr*(nesterov ? g + mu*v : v)
+template <typename P>
+__device__ __forceinline__ void nnx_sgd_impl(P* params, const P* grads, P* velocity, long long n,
+                                             double lr, double momentum, int nesterov,
+                                             double weight_decay, const float* scale,
+                                             const int* found_inf) {
+    if (found_inf[0]) return;
+    const P inv = (P)1 / (P)scale[0];
+    const P lr_ = (P)lr;
+    const P mu = (P)momentum;
+    const P wd = (P)weight_decay;
+    const bool use_wd = weight_decay != 0.0;
+    const bool use_mu = momentum != 0.0;
+    const long long stride = nnx_grid_stride();
+    for (long long i = nnx_global_tid(); i < n; i += stride) {
+        P p = params[i];
+        P g = grads[i] * inv;
+        if (use_wd) g = g + wd * p;
+        if (use_mu) {
+            P v = velocity[i] * mu;
+            v = v + g;
+            velocity[i] = v;
+            g = nesterov ? g + mu * v : v;
+        }
+        params[i] = p - lr_ * g;
+    }
+}
+
+extern "C" __global__ void nnx_sgd_f32(float* params, const float* grads, float* velocity,
+                                       long long n, double lr, double momentum, int nesterov,
+                                       double weight_decay, const float* scale,
+                                       const int* found_inf) {
+    nnx_sgd_impl<float>(params, grads, velocity, n, lr, momentum, nesterov, weight_decay, scale,
+                        found_inf);
+}
+extern "C" __global__ void nnx_sgd_f64(double* params, const double* grads, double* velocity,
+                                       long long n, double lr, double momentum, int nesterov,
+                                       double weight_decay, const float* scale,
+                                       const int* found_inf) {
+    nnx_sgd_impl<double>(params, grads, velocity, n, lr, momentum, nesterov, weight_decay, scale,
+                         found_inf);
+}
+
+// Adam / AdamW with PyTorch's bias correction, in the reference's order of operations:
+//   decoupled: p *= decay (= 1 - lr*wd)       else: g += wd*p
+//   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g
+//   p -= lr_bc1 * m / (sqrt(v) / bc2_sqrt + eps)     (lr_bc1 = lr / (1 - beta1**step))
+template <typename P>
+__device__ __forceinline__ void nnx_adam_impl(P* params, const P* grads, P* m, P* v, long long n,
+                                              double lr_bc1, double beta1, double one_m_beta1,
+                                              double beta2, double one_m_beta2, double bc2_sqrt,
+                                              double eps, double weight_decay, double decay,
+                                              int decoupled, const float* scale,
+                                              const int* found_inf) {
+    if (found_inf[0]) return;
+    const P inv = (P)1 / (P)scale[0];
+    const P a = (P)lr_bc1, b1 = (P)beta1, c1 = (P)one_m_beta1, b2 = (P)beta2, c2 = (P)one_m_beta2;
+    const P bc2 = (P)bc2_sqrt, ep = (P)eps, wd = (P)weight_decay, dec = (P)decay;
+    const bool use_wd = weight_decay != 0.0;
+    const long long stride = nnx_grid_stride();
+    for (long long i = nnx_global_tid(); i < n; i += stride) {
+        P p = params[i];
+        P g = grads[i] * inv;
+        if (use_wd) {
+            if (decoupled) p = p * dec;
+            else g = g + wd * p;
+        }
+        P mi = m[i] * b1;
+        mi = mi + c1 * g;
+        P vi = v[i] * b2;
+        vi = vi + c2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        P denom = nnx_sqrt(vi) / bc2 + ep;
+        params[i] = p - (a * mi) / denom;
+    }
+}
+
+extern "C" __global__ void nnx_adam_f32(float* params, const float* grads, float* m, float* v,
+                                        long long n, double lr_bc1, double beta1,
+                                        double one_m_beta1, double beta2, double one_m_beta2,
+                                        double bc2_sqrt, double eps, double weight_decay,
+                                        double decay, int decoupled, const float* scale,
+                                        const int* found_inf) {
+    nnx_adam_impl<float>(params, grads, m, v, n, lr_bc1, beta1, one_m_beta1, beta2, one_m_beta2,
+                         bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf);
+}
+extern "C" __global__ void nnx_adam_f64(double* params, const double* grads, double* m,
+                                        double* v, long long n, double lr_bc1, double beta1,
+                                        double one_m_beta1, double beta2, double one_m_beta2,
+                                        double bc2_sqrt, double eps, double weight_decay,
+                                        double decay, int decoupled, const float* scale,
+                                        const int* found_inf) {
+    nnx_adam_impl<double>(params, grads, m, v, n, lr_bc1, beta1, one_m_beta1, beta2, one_m_beta2,
+                          bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf);
+}
+
+// *found_inf |= any(!isfinite(x)); the caller zeroes the flag first.
+template <typename P>
+__device__ __forceinline__ void nnx_check_finite_impl(const P* x, long long n, int* found_inf) {
+    bool bad = false;
+    const long long stride = nnx_grid_stride();
+    for (long long i = nnx_global_tid(); i < n && !bad; i += stride) bad = !nnx_isfinite(x[i]);
+    if (bad) atomicOr(found_inf, 1);
+}
+
+extern "C" __global__ void nnx_check_finite_f32(const float* x, long long n, int* found_inf) {
+    nnx_check_finite_impl<float>(x, n, found_inf);
+}
+extern "C" __global__ void nnx_check_finite_f64(const double* x, long long n, int* found_inf) {
+    nnx_check_finite_impl<double>(x, n, found_inf);
+}
+
+// Dynamic loss scaling, one thread: on overflow scale *= backoff (not below min_scale) and the
+// good-step count restarts; otherwise after growth_interval good steps in a row scale *= growth
+// (not above max_scale).
+extern "C" __global__ void nnx_update_loss_scale(float* scale, int* good_steps,
+                                                 const int* found_inf, int* skipped_steps,
+                                                 int growth_interval, float growth,
+                                                 float backoff, float min_scale,
+                                                 float max_scale) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float s = scale[0];
+    if (found_inf[0]) {
+        s = s * backoff;
+        if (s < min_scale) s = min_scale;
+        good_steps[0] = 0;
+        skipped_steps[0] += 1;
+    } else {
+        int g = good_steps[0] + 1;
+        if (g >= growth_interval) {
+            s = s * growth;
+            if (!(s <= max_scale)) s = max_scale;
+            g = 0;
+        }
+        good_steps[0] = g;
+    }
+    scale[0] = s;
+}
