@@ -7,7 +7,17 @@
 """
 
 from . import compat  # noqa: F401  (sets OMP_WAIT_POLICY before any parallel launch)
-from . import callbacks, datasets, initializers, layers, losses, optim, preprocessing, regularizers
+from . import (
+    callbacks,
+    datasets,
+    distributed,
+    initializers,
+    layers,
+    losses,
+    optim,
+    preprocessing,
+    regularizers,
+)
 from .backend import (
     available_backends,
     backend_names,
@@ -42,7 +52,7 @@ __all__ = [
     "EarlyStopping", "History", "InputError", "L1", "L1L2", "L2", "Model", "ModelCheckpoint",
     "NNXError", "ProgressBar", "SGD", "Sequential", "ShapeError", "StepDecay",
     "TrainingDivergedError", "UnknownNameError", "available_backends", "backend_names",
-    "callbacks", "datasets", "get_backend", "get_ops", "initializers", "layers", "load",
+    "callbacks", "datasets", "distributed", "get_backend", "get_ops", "initializers", "layers", "load",
     "losses", "optim", "preprocessing", "regularizers", "register_backend", "set_backend",
     "use_backend",
 ]

@@ -26,6 +26,8 @@ def add_parser(sub, help_text):
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--distributed", action="store_true", help="data-parallel over the ranks "
+                   "of mpiexec (mpiexec -n 4 nnx train --distributed); one process without it")
     p.set_defaults(command="train")
     return p
 
@@ -63,6 +65,14 @@ def run(args) -> int:
     if zoo.TARGET == "inputs":
         ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
     opt = {"adam": nnx.Adam, "adamw": nnx.AdamW, "sgd": nnx.SGD}[args.optimizer](lr=args.lr)
+    if args.distributed:  # every rank: the same data, its share of each batch; rank 0 reports
+        import os
+
+        import nnx.distributed
+
+        opt = nnx.distributed.DistributedOptimizer(opt, nnx.distributed.init())
+        if not opt.is_chief:
+            sys.stdout = open(os.devnull, "w")
     model.compile(opt, zoo.LOSS, ["accuracy"] if zoo.TARGET == "labels" else [])
     print(f"nnx train: model {args.model} ({model.count_params():,} parameters), backend "
           f"{model.backend}, data {args.data} ({len(xtr)} train / {len(xte)} test), "

@@ -1,0 +1,280 @@
+"""nnx.distributed: the world of one in this process, and `mpiexec -n 2` runs of the scripts in
+tests/mpi_scripts/ (marked `mpi`; skipped with a reason without mpiexec or mpi4py).
+
+Each mpiexec run has a timeout and runs in its own process group, killed whole on timeout, so
+a rank stuck in a collective fails the test instead of hanging CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnx
+import nnx.distributed as dist
+from nnx import compat
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE / "mpi_scripts"
+TIMEOUT = 120
+
+
+def _mpiexec() -> str | None:
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+NO_MPI = ("mpiexec not found (pip install mpich)" if MPIEXEC is None else
+          "mpi4py not installed (pip install mpi4py)" if not compat.has_mpi4py else "")
+needs_mpi = pytest.mark.skipif(bool(NO_MPI), reason=NO_MPI)
+
+
+def mpirun(args, n=2, timeout=TIMEOUT):
+    """Run `mpiexec -n N python args...`; returns (returncode, stdout, stderr, seconds)."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = "1"
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
+    for var in dist._SIZE_VARS + dist._RANK_VARS:  # pytest itself may run under a launcher
+        env.pop(var, None)
+    cmd = [MPIEXEC, "-n", str(n), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=str(HERE.parent), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout}s (a rank hangs?)\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    return proc.returncode, out, err, time.perf_counter() - t0
+
+
+def run_script(name, *args, **kw):
+    return mpirun([sys.executable, str(SCRIPTS / name), *args], **kw)
+
+
+# -- under mpiexec -n 2 ---------------------------------------------------------------------------
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("script", ["equivalence", "checkpoint_resume", "collectives"])
+def test_mpi_script(script):
+    rc, out, err, _ = run_script(f"{script}.py")
+    assert rc == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert f"OK {script}" in out, out
+
+
+FAILURES = {
+    # case: text that must appear in the output
+    "architecture": ["differs across ranks", "rank 1 differs from rank 0: layer 0",
+                     "out_features=16", "out_features=24"],
+    "optimizer": ["differs across ranks", "optimizer", "'lr': 0.2"],
+    "data": ["different data", "rank 1: x", "shard()"],
+    "bad_input": ["rank 1 of 2 failed", "InputError", "NaN"],
+    "raise": ["rank 1 of 2 failed", "RuntimeError: boom on rank 1"],
+    "exit": ["rank 1 of 2 exited with status 3"],
+}
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_failure_stops_every_rank(case):
+    """A rank that raises (or disagrees) ends the job within seconds, non-zero, with its error."""
+    rc, out, err, seconds = run_script("mismatch.py", case, timeout=60)
+    assert rc != 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "no error raised" not in out
+    text = out + err
+    for expected in FAILURES[case]:
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    assert seconds < 30, f"took {seconds:.1f}s to stop"
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_cli_train_distributed(tmp_path):
+    ckpt = tmp_path / "cli.npz"
+    rc, out, err, _ = mpirun([sys.executable, "-m", "nnx.cli", "train", "--distributed",
+                              "--epochs", "1", "--hidden", "16", "--quiet", "--save", str(ckpt)])
+    assert rc == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert out.count("test accuracy") == 1, out  # only rank 0 reports
+    assert ckpt.exists()
+
+
+# -- the world of one, in this process ------------------------------------------------------------
+@pytest.fixture
+def world_of_one(monkeypatch):
+    for var in dist._SIZE_VARS + dist._RANK_VARS + ("NNX_DISTRIBUTED",):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dist, "_WORLD", {})
+    return dist.init()
+
+
+def _mlp(seed=0, **kw):
+    return nnx.Sequential([nnx.Dense(20, 16, "relu"), nnx.Dense(16, 3)], seed=seed,
+                          dtype="float64", **kw)
+
+
+def _data(n=45, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 20)), rng.integers(0, 3, n)
+
+
+def test_init_outside_mpiexec_is_a_world_of_one(world_of_one):
+    comm = world_of_one
+    assert isinstance(comm, dist.LocalCommunicator)
+    assert (comm.rank, comm.size, comm.local_rank, comm.backend, comm.is_chief) == \
+        (0, 1, 0, "local", True)
+    assert dist.init() is comm
+    assert isinstance(dist.init("local"), dist.LocalCommunicator)
+    with pytest.raises(ValueError, match="unknown distributed backend"):
+        dist.init("gloo")
+
+
+def test_local_collectives(world_of_one):
+    comm = world_of_one
+    a = np.arange(4.0)
+    s = comm.allreduce(a)
+    assert s is not a and np.array_equal(s, a)
+    assert comm.allreduce(a, op="mean", inplace=True) is a
+    assert np.array_equal(comm.allreduce(np.array([1, 2]), op="mean"), [1.0, 2.0])
+    assert comm.allreduce(3) == 3 and comm.allreduce(3, op="mean") == 3.0
+    out = comm.allreduce([a, 2.0], op="sum")
+    assert np.array_equal(out[0], a) and out[1] == 2.0
+    assert np.array_equal(comm.allreduce(a, compression="bf16"), a)
+    assert comm.iallreduce(a).wait().done
+    assert comm.bcast(a) is a and comm.bcast({"k": 1}) == {"k": 1}
+    assert comm.allgather(5) == [5] and comm.gather(5) == [5]
+    comm.barrier()
+    with pytest.raises(ValueError, match="unknown reduction op"):
+        comm.allreduce(a, op="prod")
+    with pytest.raises(ValueError, match="unknown compression"):
+        comm.allreduce(a, compression="int8")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        comm.iallreduce(np.zeros((4, 4))[:, 0])
+
+
+def test_no_mpi4py_needed_outside_mpiexec():
+    """`import nnx.distributed` and init() outside mpiexec never import mpi4py."""
+    env = {k: v for k, v in os.environ.items() if k not in dist._SIZE_VARS + dist._RANK_VARS}
+    code = ("import sys, nnx.distributed as d; c = d.init(); "
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'; print(c.size)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
+
+
+def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(dist, "_WORLD", {})
+    monkeypatch.setattr(compat, "has_mpi4py", False)
+    monkeypatch.setenv("PMI_SIZE", "4")
+    with pytest.raises(dist.DistributedError, match="pip install mpi4py"):
+        dist.init()
+    with pytest.raises(dist.DistributedError, match="pip install mpi4py"):
+        dist.init("mpi")
+    monkeypatch.setenv("PMI_SIZE", "1")  # mpiexec -n 1 without mpi4py: fine
+    assert dist.init().size == 1
+    assert not dist.is_available()
+
+
+def test_distributed_optimizer_in_a_world_of_one_changes_nothing(world_of_one, tmp_path):
+    x, y = _data()
+    ref = _mlp()
+    ref.compile(nnx.Adam(0.01), "softmax_cross_entropy", ["accuracy"])
+    h_ref = ref.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    model = _mlp()
+    opt = dist.DistributedOptimizer(nnx.Adam(0.01))
+    model.compile(opt, "softmax_cross_entropy", ["accuracy"])
+    h = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    assert h.history["loss"] == h_ref.history["loss"]
+    # the wrapped optimizer's state is what gets saved; a checkpoint loads as a plain Adam
+    assert opt.step == ref.optimizer.step and opt.beta1 == 0.9 and opt.is_chief
+    assert opt.get_config() == ref.optimizer.get_config()
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = nnx.load(path)
+    assert type(loaded.optimizer) is nnx.Adam and loaded.optimizer.step == opt.step
+    opt2 = dist.distribute(loaded)
+    assert loaded.optimizer is opt2 and opt2.step == opt.step
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        assert np.allclose(a, b, rtol=1e-12)
+
+
+def test_distributed_optimizer_arguments(world_of_one):
+    with pytest.raises(ValueError, match="data must be"):
+        dist.DistributedOptimizer(nnx.SGD(), data="split")
+    with pytest.raises(ValueError, match="unknown compression"):
+        dist.DistributedOptimizer(nnx.SGD(), compression="int8")
+    with pytest.raises(ValueError, match="bucket_mb"):
+        dist.DistributedOptimizer(nnx.SGD(), bucket_mb=0)
+    with pytest.raises(TypeError, match="already"):
+        dist.DistributedOptimizer(dist.DistributedOptimizer(nnx.SGD()))
+    with pytest.raises(TypeError, match="Communicator"):
+        dist.DistributedOptimizer(nnx.SGD(), comm=object())
+    assert isinstance(dist.DistributedOptimizer("adam").optimizer, nnx.Adam)
+    with pytest.raises(RuntimeError, match="compile"):
+        dist.distribute(_mlp())
+
+
+def test_buckets_follow_layers_in_reverse(world_of_one):
+    model = nnx.Sequential([nnx.Dense(20, 16, "relu"), nnx.Dense(16, 16, "relu",
+                                                                 kernel_regularizer=nnx.L2(1e-3)),
+                            nnx.Dense(16, 3)], seed=0)
+    opt = dist.DistributedOptimizer(nnx.SGD(), overlap=True, bucket_mb=1e-6)
+    model.compile(opt, "softmax_cross_entropy")
+    layers = model.layers
+    spans = [(b.lo, b.hi, [layers.index(la) for la in b.layers], b.deferred)
+             for b in opt._buckets]
+    # the last layer first, the regularized one last; together they tile the flat buffer
+    assert [s[2] for s in spans] == [[2], [0], [1]]
+    assert spans[-1][3] and not spans[0][3]
+    assert sorted((lo, hi) for lo, hi, *_ in spans)[0][0] == 0
+    assert sum(hi - lo for lo, hi, *_ in spans) == model.store.size
+    big = dist.DistributedOptimizer(nnx.SGD(), overlap=True)
+    model2 = nnx.Sequential([nnx.Dense(20, 16), nnx.Dense(16, 3)], seed=0)
+    model2.compile(big, "softmax_cross_entropy")
+    assert len(big._buckets) == 1
+
+
+def test_shard_in_a_world_of_one(world_of_one):
+    x, y = _data(10)
+    xs, ys = dist.shard(x, y)
+    assert np.array_equal(xs, x) and np.array_equal(ys, y)
+    assert dist.shard(7) == slice(0, 7)
+    with pytest.raises(nnx.ShapeError):
+        dist.shard(x, y[:5])
+
+
+def test_sync_batchnorm_is_batchnorm_in_one_process(world_of_one):
+    from nnx.layers.batchnorm import BatchNorm1d
+
+    x, y = _data(40)
+
+    def build():
+        return nnx.Sequential([nnx.Dense(20, 16, use_bias=False), BatchNorm1d(16), nnx.ReLU(),
+                               nnx.Dense(16, 3)], seed=3, dtype="float64")
+
+    ref, model = build(), build()
+    assert dist.sync_batchnorm(model) == 1 and isinstance(model.layers[1], dist.SyncBatchNorm)
+    ref.compile(nnx.Adam(0.01), "softmax_cross_entropy")
+    model.compile(dist.DistributedOptimizer(nnx.Adam(0.01)), "softmax_cross_entropy")
+    ref.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    layer = dist.SyncBatchNorm(4)
+    assert nnx.layers.layer_from_dict(nnx.layers.layer_to_dict(layer)).num_features == 4
