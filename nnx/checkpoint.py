@@ -50,6 +50,8 @@ def save(model, path) -> None:
         "optimizer_state": opt_state,
         "loss": model.loss.get_config() if model.loss is not None else None,
         "metrics": list(model.metrics),
+        # the epoch-shuffle generator, so that a resumed fit continues the same order
+        "shuffle_state": model._shuffle_generator().bit_generator.state,
     }
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
@@ -147,4 +149,10 @@ def load(path, backend=None):
                 raise CheckpointError(f"checkpoint {path!r}: optimizer state {k!r} is missing or "
                                       f"has the wrong shape")
             opt.state[k][...] = model.ops.asarray(arr)
+    state = header.get("shuffle_state")
+    if state is not None:
+        try:
+            model._shuffle_generator().bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path!r}: invalid shuffle_state ({exc})") from exc
     return model

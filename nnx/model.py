@@ -167,7 +167,7 @@ class Model:
         if verbose and self.optimizer.is_chief:
             cbs.append(ProgressBar(verbose))
         xd, yd = self.ops.device_dataset(x), self.ops.device_dataset(y)
-        order_rng = np.random.default_rng(self.seed)
+        order_rng = self._shuffle_generator()
         self.stop_training = False
         cbs.on_train_begin({"epochs": epochs, "samples": n, "batch_size": batch_size})
         # Overflow on the way to a diverged loss is reported by the NaN check below, with advice,
@@ -212,6 +212,15 @@ class Model:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+
+    def _shuffle_generator(self):
+        """The epoch-order generator: seeded from the model's seed once and kept across fit
+        calls (fit(epochs=1) called twice shuffles differently each time); rebuilt only when
+        the seed changes (a distributed wrapper broadcasts rank 0's seed)."""
+        if getattr(self, "_order_seed", object()) != self.seed:
+            self._order_rng = np.random.default_rng(self.seed)
+            self._order_seed = self.seed
+        return self._order_rng
 
     def _check_running(self, loss_sum, seen) -> float:
         value = self.ops.to_float(loss_sum) / max(seen, 1)

@@ -282,3 +282,27 @@ def test_binary_and_regression_tasks(backend, rng):
     target = x @ np.arange(6, dtype=np.float32)[:, None]
     hist = reg.fit(x, target, epochs=30, batch_size=32, verbose=0)
     assert hist.history["loss"][-1] < 0.05 * hist.history["loss"][0]
+
+
+def test_repeated_fit_calls_shuffle_differently(rng):
+    """fit(epochs=1) twice equals fit(epochs=2): the shuffle generator persists across calls."""
+    x, y = blobs(rng, n=64)
+    a = mlp().compile(nnx.SGD(0.01), "softmax_cross_entropy")
+    a.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    a.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    b = mlp().compile(nnx.SGD(0.01), "softmax_cross_entropy")
+    b.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_resumed_fit_continues_the_shuffle_order(tmp_path, rng):
+    x, y = blobs(rng, n=64)
+    model = mlp().compile(nnx.Adam(0.01), "softmax_cross_entropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,152 @@
+"""Composition: `Residual(block)` and `Parallel(*branches, merge=...)`.
+
+Both are containers (layers with `sublayers()`), so they nest with each other and with
+`Chain` to any depth, their parameters live in the model's flat buffer like any leaf's, they
+serialize through `get_config` / `from_config` (checkpoints rebuild them), and a user builds a
+model from them directly:
+
+    block = Residual(Chain([LayerNorm(64), Dense(64, 256, "gelu"), Dense(256, 64)]))
+    heads = Parallel(Dense(64, 10), Chain([Dense(64, 32, "relu"), Dense(32, 10)]), merge="add")
+    model = nnx.Model(Chain([block, heads]), backend="numba")
+
+Backward contract: the input gradient is the sum over every path from the input to the output
+(the skip path of a Residual, each branch of a Parallel); parameter gradients are written by
+the leaves as usual. A container's `need_dx=False` is passed down (branches of a first layer
+compute no input gradient).
+"""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import Layer, layer_from_dict, layer_to_dict
+from .container import Chain
+
+MERGES = ("concat", "add")
+
+
+def _as_layer(owner: str, block) -> Layer:
+    if isinstance(block, (list, tuple)):
+        return Chain(block)
+    if not isinstance(block, Layer):
+        raise TypeError(f"{owner}: expected an nnx layer (or a list of layers), got "
+                        f"{type(block).__name__}")
+    return block
+
+
+class Residual(Layer):
+    """y = x + block(x). `block` is any layer or container whose output has the input's shape;
+    a list of layers is wrapped in a Chain."""
+
+    def __init__(self, block, name: str | None = None):
+        super().__init__(name)
+        self.block = _as_layer(f"Residual {self.name!r}", block)
+
+    def sublayers(self):
+        return [self.block]
+
+    def forward(self, x, training=False):
+        y = self.block.forward(x, training)
+        if tuple(y.shape) != tuple(x.shape):
+            raise ShapeError(f"Residual {self.name!r}: block {self.block.name!r} must keep the "
+                             f"input's shape; expected output shape {tuple(x.shape)}, got "
+                             f"{tuple(y.shape)}")
+        return x + y
+
+    def backward(self, dy, need_dx=True):
+        dx = self.block.backward(dy, need_dx)
+        if not need_dx:
+            return None
+        return dy if dx is None else dx + dy
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {"block": layer_to_dict(self.block), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(layer_from_dict(config.pop("block")), **config)
+
+
+class Parallel(Layer):
+    """Feeds the same input to every branch and merges their outputs: `merge="concat"` joins
+    them along the last axis (leading shapes must agree), `merge="add"` sums them (shapes must
+    agree). The input gradient is the sum of the branches' input gradients."""
+
+    def __init__(self, *branches, merge: str = "concat", name: str | None = None):
+        super().__init__(name)
+        if len(branches) == 1 and isinstance(branches[0], (list, tuple)) and branches[0] \
+                and all(isinstance(b, Layer) for b in branches[0]):
+            branches = tuple(branches[0])  # Parallel([a, b]) as well as Parallel(a, b)
+        if not branches:
+            raise ValueError(f"Parallel {self.name!r}: needs at least one branch")
+        if merge not in MERGES:
+            raise ValueError(f"Parallel {self.name!r}: merge must be one of "
+                             f"{', '.join(MERGES)}, got {merge!r}")
+        self.branches = [_as_layer(f"Parallel {self.name!r} branch {i}", b)
+                         for i, b in enumerate(branches)]
+        self.merge = merge
+
+    def sublayers(self):
+        return self.branches
+
+    def forward(self, x, training=False):
+        outs = [b.forward(x, training) for b in self.branches]
+        first = tuple(outs[0].shape)
+        if self.merge == "add":
+            for b, o in zip(self.branches, outs, strict=True):
+                if tuple(o.shape) != first:
+                    raise ShapeError(
+                        f"Parallel {self.name!r} (merge='add'): expected every branch output "
+                        f"to have shape {first} (branch {self.branches[0].name!r}), got "
+                        f"{tuple(o.shape)} from branch {b.name!r}")
+            y = outs[0] + outs[1] if len(outs) > 1 else outs[0].copy()
+            for o in outs[2:]:
+                y += o
+            return y
+        for b, o in zip(self.branches, outs, strict=True):
+            if o.ndim != len(first) or tuple(o.shape[:-1]) != first[:-1]:
+                raise ShapeError(
+                    f"Parallel {self.name!r} (merge='concat'): expected every branch output to "
+                    f"have shape ({', '.join(map(str, first[:-1]))}, *) (branch "
+                    f"{self.branches[0].name!r}), got {tuple(o.shape)} from branch {b.name!r}")
+        self._widths = [int(o.shape[-1]) for o in outs]
+        y = self.ops.empty((*first[:-1], sum(self._widths)), dtype=outs[0].dtype)
+        start = 0
+        for o, w in zip(outs, self._widths, strict=True):
+            y[..., start:start + w] = o
+            start += w
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dx = None
+        start = 0
+        for i, b in enumerate(self.branches):
+            if self.merge == "add":
+                dyi = dy
+            else:
+                w = self._widths[i]
+                dyi = dy[..., start:start + w]
+                start += w
+            dxi = b.backward(dyi, need_dx)
+            if need_dx and dxi is not None:
+                dx = dxi if dx is None else dx + dxi
+        return dx
+
+    def output_shape(self, input_shape):
+        shapes = [tuple(b.output_shape(tuple(input_shape))) for b in self.branches]
+        if self.merge == "add":
+            return shapes[0]
+        return (*shapes[0][:-1], sum(s[-1] for s in shapes))
+
+    def get_config(self):
+        return {"branches": [layer_to_dict(b) for b in self.branches], "merge": self.merge,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        branches = config.pop("branches")
+        if not isinstance(branches, list):
+            raise ValueError("Parallel config 'branches' must be a list")
+        return cls(*[layer_from_dict(d) for d in branches], **config)

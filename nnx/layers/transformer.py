@@ -1,0 +1,78 @@
+"""TransformerEncoderBlock: self-attention and an MLP, each in a residual branch with LayerNorm,
+built by composition (Chain, Residual, LayerNorm, MultiHeadSelfAttention, Dense, Dropout).
+
+Pre-LN (`norm_first=True`, the default; GPT-2 / ViT, trains stably without warm-up):
+
+    x = x + Dropout(MHSA(LN1(x)))
+    x = x + Dropout(Dense(mlp_dim -> D)(GELU(Dense(D -> mlp_dim)(LN2(x)))))
+
+Post-LN (`norm_first=False`, the original Transformer and PyTorch's default):
+
+    x = LN1(x + Dropout(MHSA(x)))
+    x = LN2(x + Dropout(MLP(x)))
+
+(A pre-LN stack usually ends with a final LayerNorm, added by the model, not by the block.)
+The block is a container: `block.body` is the Chain above, its leaves are ordinary layers (named
+"<block name>/ln1", "/attn", "/drop1", "/ln2", "/fc1", "/fc2", "/drop2"), and the parameters
+(get_weights order) are those leaves' in the order of the formula: pre-LN ln1.gamma, ln1.beta,
+attn.Wq, bq, Wk, bk, Wv, bv, Wo, bo, ln2.gamma, ln2.beta, fc1.W, fc1.b, fc2.W, fc2.b; post-LN
+the same with each LayerNorm after its branch. Its config is the hyperparameters only.
+"""
+
+from __future__ import annotations
+
+from .attention import MultiHeadSelfAttention
+from .base import Layer
+from .compose import Residual
+from .container import Chain
+from .dense import Dense
+from .dropout import Dropout
+from .layernorm import LayerNorm
+
+
+class TransformerEncoderBlock(Layer):
+    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.0,
+                 causal: bool = False, norm_first: bool = True, activation: str = "gelu",
+                 name: str | None = None):
+        super().__init__(name)
+        if not isinstance(mlp_dim, int) or isinstance(mlp_dim, bool) or mlp_dim < 1:
+            raise ValueError(f"TransformerEncoderBlock {self.name!r}: mlp_dim must be a positive "
+                             f"int, got {mlp_dim!r}")
+        self.embed_dim, self.num_heads, self.mlp_dim = embed_dim, num_heads, mlp_dim
+        self.dropout, self.causal = float(dropout), bool(causal)
+        self.norm_first, self.activation = bool(norm_first), activation
+        nm = self.name
+        attn = MultiHeadSelfAttention(embed_dim, num_heads, causal, name=f"{nm}/attn")
+        mlp = [Dense(embed_dim, mlp_dim, activation, name=f"{nm}/fc1"),
+               Dense(mlp_dim, embed_dim, name=f"{nm}/fc2")]
+        drop1, drop2 = Dropout(dropout, name=f"{nm}/drop1"), Dropout(dropout, name=f"{nm}/drop2")
+        ln1 = LayerNorm(embed_dim, name=f"{nm}/ln1")
+        ln2 = LayerNorm(embed_dim, name=f"{nm}/ln2")
+        if self.norm_first:
+            parts = [Residual(Chain([ln1, attn, drop1], name=f"{nm}/attn_branch"),
+                              name=f"{nm}/res1"),
+                     Residual(Chain([ln2, *mlp, drop2], name=f"{nm}/mlp_branch"),
+                              name=f"{nm}/res2")]
+        else:
+            parts = [Residual(Chain([attn, drop1], name=f"{nm}/attn_branch"), name=f"{nm}/res1"),
+                     ln1,
+                     Residual(Chain([*mlp, drop2], name=f"{nm}/mlp_branch"), name=f"{nm}/res2"),
+                     ln2]
+        self.body = Chain(parts, name=f"{nm}/body")
+
+    def sublayers(self):
+        return [self.body]
+
+    def forward(self, x, training=False):
+        return self.body.forward(x, training)
+
+    def backward(self, dy, need_dx=True):
+        return self.body.backward(dy, need_dx)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {"embed_dim": self.embed_dim, "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim, "dropout": self.dropout, "causal": self.causal,
+                "norm_first": self.norm_first, "activation": self.activation, "name": self.name}
