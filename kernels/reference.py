@@ -203,10 +203,10 @@ class Ops(LayerKernels):
         grad = self.xp.exp(logp)
         if labels.ndim == 1:
             rows = self.xp.arange(n)
-            loss = -logp[rows, labels].sum() / n
+            loss = self.xp.asarray(-logp[rows, labels].sum() / n)
             grad[rows, labels] -= 1
         else:
-            loss = -(labels * logp).sum() / n
+            loss = self.xp.asarray(-(labels * logp).sum() / n)
             grad -= labels
         grad /= n
         return loss, grad
