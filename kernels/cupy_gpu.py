@@ -67,7 +67,7 @@ import warnings
 import numpy
 
 from nnx import compat
-from nnx.errors import BackendUnavailableError, NNXError, ShapeError
+from nnx.errors import BackendUnavailableError, DeviceOutOfMemoryError, ShapeError
 
 from .reference import Ops
 
@@ -86,14 +86,6 @@ _INT32_MAX = 2**31 - 1
 INSTALL_HINT = (
     "pip install 'nnx-framework[gpu]' (CUDA 12) or 'nnx-framework[gpu-cuda13]' (CUDA 13)"
 )
-
-
-class DeviceOutOfMemoryError(NNXError, MemoryError):
-    """The GPU ran out of memory; says how many bytes were asked for."""
-
-    def __init__(self, message: str, requested_bytes: int | None = None):
-        super().__init__(message)
-        self.requested_bytes = requested_bytes
 
 
 # -- CUDA sources: reading, signatures, lazy compilation ------------------------------------

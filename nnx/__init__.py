@@ -32,6 +32,7 @@ from .checkpoint import load
 from .errors import (
     BackendUnavailableError,
     CheckpointError,
+    DeviceOutOfMemoryError,
     InputError,
     NNXError,
     ShapeError,
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_layer_names,
-    "Adam", "AdamW", "BackendUnavailableError", "CheckpointError", "CosineDecay",
+    "Adam", "AdamW", "BackendUnavailableError", "CheckpointError", "CosineDecay", "DeviceOutOfMemoryError",
     "EarlyStopping", "History", "InputError", "L1", "L1L2", "L2", "Model", "ModelCheckpoint",
     "NNXError", "ProgressBar", "SGD", "Sequential", "ShapeError", "StepDecay",
     "TrainingDivergedError", "UnknownNameError", "available_backends", "backend_names",

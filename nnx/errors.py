@@ -26,6 +26,14 @@ class CheckpointError(NNXError, ValueError):
     """A corrupt, truncated or invalid checkpoint file."""
 
 
+class DeviceOutOfMemoryError(NNXError, MemoryError):
+    """The GPU ran out of memory; says how many bytes were asked for."""
+
+    def __init__(self, message: str, requested_bytes: int | None = None):
+        super().__init__(message)
+        self.requested_bytes = requested_bytes
+
+
 class TrainingDivergedError(NNXError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
