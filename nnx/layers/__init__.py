@@ -3,19 +3,26 @@
 from .activations import GELU, Activation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .attention import MultiHeadSelfAttention, PositionalEmbedding
 from .base import LAYER_CLASSES, Layer, ParamSpec, layer_from_dict, layer_to_dict
+from .batchnorm import BatchNorm1d, BatchNorm2d
 from .compose import Parallel, Residual
 from .container import Chain
+from .conv2d import Conv2D
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .flatten import Flatten
 from .gru import GRU
+from .layernorm import LayerNorm
 from .lstm import LSTM
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .reshape import Reshape
 from .sequence_pool import GlobalAveragePooling1D, SequencePool
 from .simple_rnn import RecurrentLayer, SimpleRNN
 from .transformer import TransformerEncoderBlock
 
 __all__ = [
+    "AvgPool2D", "BatchNorm1d", "BatchNorm2d", "Conv2D", "GlobalAvgPool2D", "LayerNorm",
+    "MaxPool2D", "Reshape",
     "Embedding", "GRU", "GlobalAveragePooling1D", "LSTM", "MultiHeadSelfAttention", "Parallel",
     "PositionalEmbedding", "RecurrentLayer", "Residual", "SequencePool", "SimpleRNN",
     "TransformerEncoderBlock",

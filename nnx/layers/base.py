@@ -111,7 +111,7 @@ class Layer:
 def _snake(name: str) -> str:
     out = []
     for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
+        if ch.isupper() and i and not name[i - 1].isupper() and not name[i - 1].isdigit():
             out.append("_")
         out.append(ch.lower())
     return "".join(out)

@@ -1,0 +1,108 @@
+"""Train the zoo CNN (nnx/models/cnn.py) on MNIST and report per-epoch time and test accuracy.
+
+    python examples/mnist_cnn.py --backend numpy --epochs 2                # bundled sample
+    NNX_DATA_DIR=/path/to/mnist python examples/mnist_cnn.py --data mnist  # full 60k/10k
+
+The bundled sample (6000 train / 1000 test images) needs no files or network; `--data mnist`
+reads the four MNIST IDX files from NNX_DATA_DIR (or downloads them). The defaults (5 epochs,
+batch 128, Adam 1e-3 with a cosine decay to 0) reach 99.16% test accuracy on full MNIST.
+Each epoch line shows the wall time (`time`), the process CPU seconds of its training batches
+(`cpu_s`) and the load average (`load`), since wall times on a shared machine mislead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+import nnx
+from nnx.backend import backend_module
+from nnx.callbacks import Callback
+from nnx.datasets import mnist
+from nnx.models import cnn
+
+
+def load(which: str):
+    """MNIST as float32 images in [0, 1], shape (N, 1, 28, 28), and int64 labels."""
+    (xtr, ytr), (xte, yte) = mnist(sample=(which == "sample"))
+    prep = lambda x: (x.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+    return (prep(xtr), ytr.astype(np.int64)), (prep(xte), yte.astype(np.int64))
+
+
+class CpuTime(Callback):
+    """Adds to each epoch's logs the process CPU seconds of its training batches (`cpu_s`, all
+    threads; wall time is `time`) and the 1-minute load average (`load`): on a shared machine
+    the wall time alone says little."""
+
+    def on_train_begin(self, info):
+        self.total = info["samples"]
+
+    def on_epoch_begin(self, epoch):
+        self.t0, self.cpu = time.process_time(), None
+
+    def on_batch_end(self, batch, state):
+        if state["seen"] >= self.total:
+            self.cpu = time.process_time() - self.t0
+
+    def on_epoch_end(self, epoch, logs):
+        logs["cpu_s"] = self.cpu if self.cpu is not None else time.process_time() - self.t0
+        logs["load"] = os.getloadavg()[0]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
+                   "or numpy)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data", choices=["sample", "mnist"], default="sample")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's (peak) learning rate")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: decay the learning rate to 0 over the run (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batchnorm", action="store_true",
+                   help="Conv -> BatchNorm2d -> MaxPool -> ReLU blocks")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--no-eval-each-epoch", action="store_true",
+                   help="evaluate on the test set only once, after the last epoch")
+    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
+    args = p.parse_args(argv)
+
+    (xtr, ytr), (xte, yte) = load(args.data)
+    if args.limit:
+        xtr, ytr = xtr[:args.limit], ytr[:args.limit]
+    model = cnn.build(backend=args.backend, seed=args.seed, batchnorm=args.batchnorm)
+    t0 = time.perf_counter()
+    compiled = backend_module(model.backend).warmup(model.ops)  # JIT compilation, if any
+    warm_s = time.perf_counter() - t0
+    lr = args.lr
+    if args.schedule == "cosine":
+        steps = args.epochs * -(-len(xtr) // args.batch_size)
+        lr = nnx.CosineDecay(args.lr, decay_steps=max(steps, 1))
+    model.compile(nnx.Adam(lr), cnn.LOSS, ["accuracy"])
+    model.summary(input_shape=(1, 28, 28))
+    print(f"backend {model.backend}, data {args.data}: {len(xtr)} train / {len(xte)} test, "
+          f"batch {args.batch_size}, {args.epochs} epochs, Adam lr {args.lr} ({args.schedule})"
+          + (f" (warm-up {warm_s:.1f}s for {len(compiled)} kernels)" if compiled else ""))
+
+    val = None if args.no_eval_each_epoch else (xte, yte)
+    hist = model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
+                     validation_data=val, verbose=1, callbacks=[CpuTime()])
+    times = list(hist.history.get("time", []))
+    result = model.evaluate(xte, yte)
+    if times:
+        mean = sum(times) / len(times)
+        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
+              + f"  (mean {mean:.1f}s, {len(xtr) / mean:,.0f} samples/s)")
+    print(f"final test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
+    if args.save:
+        model.save(args.save)
+        print(f"saved to {args.save}")
+    return {"test": result, "epoch_times": times, "history": hist.history}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""LayerNorm: normalization over the trailing axes of each sample, with gamma and beta."""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import Layer, ParamSpec
+
+
+class LayerNorm(Layer):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta, the statistics (biased variance) taken
+    over the last len(normalized_shape) axes, as PyTorch's LayerNorm. `normalized_shape` is an
+    int (the last axis) or a tuple.
+
+    `get_weights()` order: gamma then beta, each of shape `normalized_shape`."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, name: str | None = None):
+        super().__init__(name)
+        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        if (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                           for d in normalized_shape)):
+            raise ValueError(f"LayerNorm {self.name!r}: normalized_shape must be a positive int "
+                             f"or a tuple of them, got {normalized_shape!r}")
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"LayerNorm {self.name!r}: eps must be a positive number, got {eps!r}")
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.eps = float(eps)
+
+    def param_specs(self):
+        return [ParamSpec("gamma", self.normalized_shape, "ones"),
+                ParamSpec("beta", self.normalized_shape, "zeros")]
+
+    def _check(self, shape: tuple) -> None:
+        k = len(self.normalized_shape)
+        if len(shape) < k + 1 or tuple(shape[-k:]) != self.normalized_shape:
+            raise ShapeError(f"LayerNorm {self.name!r}: expected input of shape "
+                             f"(batch, ..., {', '.join(map(str, self.normalized_shape))}) "
+                             f"(normalized_shape={self.normalized_shape}), got shape "
+                             f"{tuple(shape)}")
+
+    def output_shape(self, input_shape):
+        self._check((None, *input_shape))
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        self._check(tuple(x.shape))
+        y, self._saved = self.ops.layernorm_forward(x, self.params["gamma"], self.params["beta"],
+                                                    self.eps)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dx, _dg, _db = self.ops.layernorm_backward(dy, self._saved, need_dx,
+                                                   self.grads["gamma"], self.grads["beta"])
+        self._saved = None
+        return dx
+
+    def get_config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "name": self.name}
