@@ -51,6 +51,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .numba_layers import NumbaLayerKernels
 from .reference import _GELU_K, ACTIVATIONS, LEAKY_SLOPE, Ops
 
 # Activation codes (frozen into the kernels as constants).
@@ -565,7 +566,7 @@ def _same_float(*arrays) -> bool:
     return True
 
 
-class NumbaOps(Ops):
+class NumbaOps(NumbaLayerKernels, Ops):
     """NumPy arrays; BLAS GEMMs with fused Numba epilogues, fused losses and optimizers."""
 
     name = "numba"
