@@ -14,6 +14,7 @@ from . import (
     initializers,
     layers,
     losses,
+    models,
     optim,
     preprocessing,
     regularizers,
@@ -54,6 +55,6 @@ __all__ = [
     "NNXError", "ProgressBar", "SGD", "Sequential", "ShapeError", "StepDecay",
     "TrainingDivergedError", "UnknownNameError", "available_backends", "backend_names",
     "callbacks", "datasets", "distributed", "get_backend", "get_ops", "initializers", "layers", "load",
-    "losses", "optim", "preprocessing", "regularizers", "register_backend", "set_backend",
+    "losses", "models", "optim", "preprocessing", "regularizers", "register_backend", "set_backend",
     "use_backend",
 ]
