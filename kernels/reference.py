@@ -260,8 +260,14 @@ class Ops(LayerKernels):
 
     # -- optimizers (in place, flat buffers) ----------------------------------------------
     def sgd_update(
-        self, params, grads, velocity, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0,
+        self,
+        params,
+        grads,
+        velocity,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
         """PyTorch's SGD: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v if nesterov else v)."""
         g = grads + weight_decay * params if weight_decay else grads
@@ -272,8 +278,18 @@ class Ops(LayerKernels):
         params -= lr * g
 
     def adam_update(
-        self, params, grads, m, v, step: int, lr: float, beta1: float, beta2: float,
-        eps: float, weight_decay: float = 0.0, decoupled: bool = False,
+        self,
+        params,
+        grads,
+        m,
+        v,
+        step: int,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
     ) -> None:
         """Adam (decoupled=False: L2 added to the gradient) or AdamW (decoupled weight decay),
         with PyTorch's bias correction. Scalars are computed in float64 on the host."""

@@ -1,14 +1,14 @@
 """nnx: one backend abstraction, the same layers on NumPy, Numba and CuPy.
 
-    import nnx
-    model = nnx.Sequential([nnx.Dense(784, 256, "relu"), nnx.Dense(256, 10)], backend="numba")
-    model.compile(nnx.Adam(1e-3), "softmax_cross_entropy", ["accuracy"])
-    model.fit(x, y, epochs=5, batch_size=128)
+import nnx
+model = nnx.Sequential([nnx.Dense(784, 256, "relu"), nnx.Dense(256, 10)], backend="numba")
+model.compile(nnx.Adam(1e-3), "softmax_cross_entropy", ["accuracy"])
+model.fit(x, y, epochs=5, batch_size=128)
 """
 
-from . import compat  # noqa: F401  (sets OMP_WAIT_POLICY before any parallel launch)
 from . import (
     callbacks,
+    compat,  # noqa: F401  (sets OMP_WAIT_POLICY before any parallel launch)
     datasets,
     distributed,
     initializers,
@@ -44,17 +44,50 @@ from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
 from .model import Model, Sequential
 from .optim import SGD, Adam, AdamW, CosineDecay, StepDecay
-from .regularizers import L1, L2, L1L2
+from .regularizers import L1, L1L2, L2
 
 __version__ = "0.1.0"
 
 __all__ = [
     *_layer_names,
-    "Adam", "AdamW", "BackendUnavailableError", "CheckpointError", "CosineDecay", "DeviceOutOfMemoryError",
-    "EarlyStopping", "History", "InputError", "L1", "L1L2", "L2", "Model", "ModelCheckpoint",
-    "NNXError", "ProgressBar", "SGD", "Sequential", "ShapeError", "StepDecay",
-    "TrainingDivergedError", "UnknownNameError", "available_backends", "backend_names",
-    "callbacks", "datasets", "distributed", "get_backend", "get_ops", "initializers", "layers", "load",
-    "losses", "models", "optim", "preprocessing", "regularizers", "register_backend", "set_backend",
+    "Adam",
+    "AdamW",
+    "BackendUnavailableError",
+    "CheckpointError",
+    "CosineDecay",
+    "DeviceOutOfMemoryError",
+    "EarlyStopping",
+    "History",
+    "InputError",
+    "L1",
+    "L1L2",
+    "L2",
+    "Model",
+    "ModelCheckpoint",
+    "NNXError",
+    "ProgressBar",
+    "SGD",
+    "Sequential",
+    "ShapeError",
+    "StepDecay",
+    "TrainingDivergedError",
+    "UnknownNameError",
+    "available_backends",
+    "backend_names",
+    "callbacks",
+    "datasets",
+    "distributed",
+    "get_backend",
+    "get_ops",
+    "initializers",
+    "layers",
+    "load",
+    "losses",
+    "models",
+    "optim",
+    "preprocessing",
+    "regularizers",
+    "register_backend",
+    "set_backend",
     "use_backend",
 ]

@@ -26,7 +26,9 @@ class CallbackList:
 
     def append(self, cb, model=None):
         if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
+            raise TypeError(
+                f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}"
+            )
         cb.model = model or self.model
         self.callbacks.append(cb)
 
@@ -63,8 +65,9 @@ class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs; optionally
     restore the best weights seen."""
 
-    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, mode="auto",
-                 restore_best_weights=True):
+    def __init__(
+        self, monitor="val_loss", patience=3, min_delta=0.0, mode="auto", restore_best_weights=True
+    ):
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.mode = _mode(monitor, mode)
         self.restore_best_weights = restore_best_weights
@@ -81,8 +84,10 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch, logs):
         if self.monitor not in logs:
-            raise KeyError(f"EarlyStopping: monitor {self.monitor!r} not in logs "
-                           f"{sorted(logs)} (pass validation_data for val_* metrics)")
+            raise KeyError(
+                f"EarlyStopping: monitor {self.monitor!r} not in logs "
+                f"{sorted(logs)} (pass validation_data for val_* metrics)"
+            )
         value = logs[self.monitor]
         if self._improved(value):
             self.best, self.wait = value, 0
@@ -112,7 +117,9 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch, logs):
         if self.save_best_only:
             if self.monitor not in logs:
-                raise KeyError(f"ModelCheckpoint: monitor {self.monitor!r} not in logs {sorted(logs)}")
+                raise KeyError(
+                    f"ModelCheckpoint: monitor {self.monitor!r} not in logs {sorted(logs)}"
+                )
             value = logs[self.monitor]
             better = value < self.best if self.mode == "min" else value > self.best
             if not better:
@@ -144,8 +151,10 @@ class ProgressBar(Callback):
         done = state["seen"] / max(self.total, 1)
         bar = "=" * int(done * 30)
         rate = state["seen"] / max(now - self.t0, 1e-9)
-        self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<30}] "
-                          f"{state['seen']}/{self.total}  {rate:,.0f} samples/s")
+        self.stream.write(
+            f"\repoch {self.epoch + 1}/{self.epochs} [{bar:<30}] "
+            f"{state['seen']}/{self.total}  {rate:,.0f} samples/s"
+        )
         self.stream.flush()
 
     def on_epoch_end(self, epoch, logs):

@@ -82,9 +82,10 @@ def _read(path) -> dict:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, EOFError) as exc:
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r} is corrupt or truncated "
-                              f"({type(exc).__name__}: {exc})") from exc
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r} is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _header(data, path) -> dict:
@@ -95,16 +96,27 @@ def _header(data, path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path!r}: header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} is not an nnx checkpoint (format "
-                              f"{header.get('format') if isinstance(header, dict) else None!r})")
+        raise CheckpointError(
+            f"{path!r} is not an nnx checkpoint (format "
+            f"{header.get('format') if isinstance(header, dict) else None!r})"
+        )
     if header.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path!r} has version {header.get('version')!r}; "
-                              f"this nnx reads version {VERSION}")
-    for key, kind in (("model", dict), ("weights", list), ("buffers", list),
-                      ("optimizer_state", dict), ("metrics", list)):
+        raise CheckpointError(
+            f"checkpoint {path!r} has version {header.get('version')!r}; "
+            f"this nnx reads version {VERSION}"
+        )
+    for key, kind in (
+        ("model", dict),
+        ("weights", list),
+        ("buffers", list),
+        ("optimizer_state", dict),
+        ("metrics", list),
+    ):
         if not isinstance(header.get(key), kind):
-            raise CheckpointError(f"checkpoint {path!r}: header field {key!r} must be a "
-                                  f"{kind.__name__}, got {type(header.get(key)).__name__}")
+            raise CheckpointError(
+                f"checkpoint {path!r}: header field {key!r} must be a "
+                f"{kind.__name__}, got {type(header.get(key)).__name__}"
+            )
     return header
 
 
@@ -120,8 +132,13 @@ def load(path, backend=None):
     try:
         net = layer_from_dict(cfg["net"])
         cls = Sequential if cfg.get("model_class") == "Sequential" else Model
-        model = cls(net, backend=backend, seed=cfg.get("seed"), dtype=cfg.get("dtype", "float32"),
-                    name=cfg.get("name"))
+        model = cls(
+            net,
+            backend=backend,
+            seed=cfg.get("seed"),
+            dtype=cfg.get("dtype", "float32"),
+            name=cfg.get("name"),
+        )
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -129,8 +146,9 @@ def load(path, backend=None):
     n = len(model.store.views())
     missing = [f"w/{i:04d}" for i in range(n) if f"w/{i:04d}" not in data]
     if missing or len(header["weights"]) != n:
-        raise CheckpointError(f"checkpoint {path!r}: expected {n} weight arrays, "
-                              f"missing {missing[:3]}")
+        raise CheckpointError(
+            f"checkpoint {path!r}: expected {n} weight arrays, missing {missing[:3]}"
+        )
     try:
         model.set_weights([data[f"w/{i:04d}"] for i in range(n)])
         model.set_buffers({k: data[f"buf/{k}"] for k in header["buffers"]})
@@ -146,8 +164,9 @@ def load(path, backend=None):
         for k in header["optimizer_state"]:
             arr = data.get(f"opt/{k}")
             if arr is None or k not in opt.state or arr.shape != tuple(opt.state[k].shape):
-                raise CheckpointError(f"checkpoint {path!r}: optimizer state {k!r} is missing or "
-                                      f"has the wrong shape")
+                raise CheckpointError(
+                    f"checkpoint {path!r}: optimizer state {k!r} is missing or has the wrong shape"
+                )
             opt.state[k][...] = model.ops.asarray(arr)
     state = header.get("shuffle_state")
     if state is not None:

@@ -95,6 +95,8 @@ def initialize(spec, rng) -> np.ndarray:
     fan = spec.fan or fans(tuple(spec.shape))
     value = np.asarray(get(spec.initializer)(rng, tuple(spec.shape), fan), dtype=np.float64)
     if value.shape != tuple(spec.shape):
-        raise ValueError(f"initializer for {spec.name!r} returned shape {value.shape}, "
-                         f"expected {tuple(spec.shape)}")
+        raise ValueError(
+            f"initializer for {spec.name!r} returned shape {value.shape}, "
+            f"expected {tuple(spec.shape)}"
+        )
     return value

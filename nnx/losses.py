@@ -43,8 +43,10 @@ class MSE(Loss):
     def check_targets(self, y, output_shape, arg="y"):
         y = super().check_targets(y, output_shape, arg)
         if y.shape[1:] != tuple(output_shape) and y.size != 0:
-            raise ShapeError(f"{arg}: mse targets must have shape (N, {', '.join(map(str, output_shape))}),"
-                             f" got {y.shape}")
+            raise ShapeError(
+                f"{arg}: mse targets must have shape (N, {', '.join(map(str, output_shape))}),"
+                f" got {y.shape}"
+            )
         return y
 
 
@@ -62,11 +64,15 @@ class BinaryCrossEntropy(Loss):
         if y.ndim == 1 and tuple(output_shape) == (1,):
             y = y.reshape(-1, 1)
         if y.shape[1:] != tuple(output_shape):
-            raise ShapeError(f"{arg}: binary_cross_entropy targets must have shape "
-                             f"(N, {', '.join(map(str, output_shape))}), got {y.shape}")
+            raise ShapeError(
+                f"{arg}: binary_cross_entropy targets must have shape "
+                f"(N, {', '.join(map(str, output_shape))}), got {y.shape}"
+            )
         if y.size and (y.min() < 0 or y.max() > 1):
-            raise InputError(f"{arg}: binary_cross_entropy targets must lie in [0, 1], "
-                             f"got values in [{y.min()}, {y.max()}]")
+            raise InputError(
+                f"{arg}: binary_cross_entropy targets must lie in [0, 1], "
+                f"got values in [{y.min()}, {y.max()}]"
+            )
         return y
 
     def device_targets(self, ops, y):
@@ -90,17 +96,23 @@ class SoftmaxCrossEntropy(Loss):
         classes = output_shape[-1]
         if y.ndim == 1:
             if y.dtype.kind not in "iu":
-                raise InputError(f"{arg}: softmax_cross_entropy labels must be integers (N,) or "
-                                 f"one-hot (N, {classes}); got dtype {y.dtype} with shape {y.shape}")
+                raise InputError(
+                    f"{arg}: softmax_cross_entropy labels must be integers (N,) or "
+                    f"one-hot (N, {classes}); got dtype {y.dtype} with shape {y.shape}"
+                )
             if y.size and (y.min() < 0 or y.max() >= classes):
                 bad = y[(y < 0) | (y >= classes)][0]
-                raise InputError(f"{arg}: label {bad} out of range for {classes} classes "
-                                 f"(expected 0 <= label < {classes})")
+                raise InputError(
+                    f"{arg}: label {bad} out of range for {classes} classes "
+                    f"(expected 0 <= label < {classes})"
+                )
             return y.astype(np.int64, copy=False)
         if y.ndim == 2 and y.shape[1] == classes:
             return y
-        raise ShapeError(f"{arg}: softmax_cross_entropy targets must have shape (N,) or "
-                         f"(N, {classes}), got {y.shape}")
+        raise ShapeError(
+            f"{arg}: softmax_cross_entropy targets must have shape (N,) or "
+            f"(N, {classes}), got {y.shape}"
+        )
 
     def device_targets(self, ops, y):
         return ops.asarray(y, dtype=None if y.ndim == 1 else ops.dtype)

@@ -26,8 +26,14 @@ from .params import ParameterStore
 class Model:
     """A trainable network around one root layer (a Chain, or any composed block)."""
 
-    def __init__(self, net: Layer, backend=None, seed: int | None = 0, dtype: str = "float32",
-                 name: str | None = None):
+    def __init__(
+        self,
+        net: Layer,
+        backend=None,
+        seed: int | None = 0,
+        dtype: str = "float32",
+        name: str | None = None,
+    ):
         if not isinstance(net, Layer):
             raise TypeError(f"Model expects an nnx Layer, got {type(net).__name__}")
         self.net = net
@@ -64,7 +70,9 @@ class Model:
             if m != "accuracy":
                 raise ValueError(f"unknown metric {m!r}; expected one of: accuracy")
             if not self.loss.has_accuracy:
-                raise ValueError(f"metric 'accuracy' needs a classification loss, not {self.loss.name}")
+                raise ValueError(
+                    f"metric 'accuracy' needs a classification loss, not {self.loss.name}"
+                )
         self.metrics = metrics
         return self
 
@@ -146,8 +154,18 @@ class Model:
         return value
 
     # -- fit / evaluate / predict ---------------------------------------------------------
-    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
-            shuffle: bool = True, callbacks=None, verbose: int = 1, check_every: int | None = None):
+    def fit(
+        self,
+        x,
+        y,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data=None,
+        shuffle: bool = True,
+        callbacks=None,
+        verbose: int = 1,
+        check_every: int | None = None,
+    ):
         """Train for `epochs` passes over (x, y); returns a History.
 
         The loss is read back to the host (and checked for NaN) every `check_every` batches:
@@ -173,20 +191,22 @@ class Model:
         # Overflow on the way to a diverged loss is reported by the NaN check below, with advice,
         # instead of as a stream of NumPy RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            self._fit_epochs(cbs, xd, yd, n, epochs, batch_size, shuffle, check_every,
-                             validation_data, order_rng)
+            self._fit_epochs(
+                cbs, xd, yd, n, epochs, batch_size, shuffle, check_every, validation_data, order_rng
+            )
         cbs.on_train_end()
         return history
 
-    def _fit_epochs(self, cbs, xd, yd, n, epochs, batch_size, shuffle, check_every,
-                    validation_data, order_rng):
+    def _fit_epochs(
+        self, cbs, xd, yd, n, epochs, batch_size, shuffle, check_every, validation_data, order_rng
+    ):
         for epoch in range(epochs):
             cbs.on_epoch_begin(epoch)
             t0 = time.perf_counter()
             order = order_rng.permutation(n) if shuffle else np.arange(n)
             loss_sum, correct, seen = 0.0, 0, 0
             for bi, start in enumerate(range(0, n, batch_size)):
-                idx = self.optimizer.local_batch(order[start:start + batch_size])
+                idx = self.optimizer.local_batch(order[start : start + batch_size])
                 xb = self.ops.take_batch(xd, idx)
                 yb = self.loss.device_targets(self.ops, self.ops.take_batch(yd, idx))
                 loss, out = self._step(xb, yb)
@@ -207,7 +227,9 @@ class Model:
             logs["time"] = time.perf_counter() - t0
             logs["samples_per_s"] = seen / logs["time"] if logs["time"] > 0 else float("inf")
             if validation_data is not None:
-                for k, v in self._evaluate(*validation_data, batch_size=max(batch_size, 256)).items():
+                for k, v in self._evaluate(
+                    *validation_data, batch_size=max(batch_size, 256)
+                ).items():
                     logs["val_" + k] = v
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -243,8 +265,8 @@ class Model:
     def _evaluate(self, x, y, batch_size):
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
-            xb = self.ops.asarray(x[start:start + batch_size])
-            yb = self.loss.device_targets(self.ops, y[start:start + batch_size])
+            xb = self.ops.asarray(x[start : start + batch_size])
+            yb = self.loss.device_targets(self.ops, y[start : start + batch_size])
             out = self.net.forward(xb, training=False)
             loss, _ = self.loss(self.ops, out, yb)
             loss_sum = loss_sum + loss * len(xb)
@@ -258,8 +280,10 @@ class Model:
     def predict(self, x, batch_size: int = 256):
         """Outputs for x in inference mode, as a NumPy array on the host."""
         x = self._check_x(x)
-        outs = [self.ops.to_host(self.net.forward(self.ops.asarray(x[s:s + batch_size])))
-                for s in range(0, len(x), batch_size)]
+        outs = [
+            self.ops.to_host(self.net.forward(self.ops.asarray(x[s : s + batch_size])))
+            for s in range(0, len(x), batch_size)
+        ]
         return np.concatenate(outs) if outs else np.zeros((0,))
 
     def __call__(self, x, training: bool = False):
@@ -280,15 +304,20 @@ class Model:
             target = layer.params[name]
             w = np.asarray(self.ops.to_host(w))
             if w.shape != tuple(target.shape):
-                raise ShapeError(f"set_weights: {layer.name}.{name} expects shape "
-                                 f"{tuple(target.shape)}, got {w.shape}")
+                raise ShapeError(
+                    f"set_weights: {layer.name}.{name} expects shape "
+                    f"{tuple(target.shape)}, got {w.shape}"
+                )
         for (layer, name), w in zip(views, weights):
             layer.params[name][...] = self.ops.asarray(np.asarray(self.ops.to_host(w)))
 
     def get_buffers(self) -> dict:
         """Non-trainable state (e.g. batch-norm running statistics) as host arrays."""
-        return {f"{layer.name}/{k}": self.ops.to_host(v).copy()
-                for layer in self.layers for k, v in layer.buffers.items()}
+        return {
+            f"{layer.name}/{k}": self.ops.to_host(v).copy()
+            for layer in self.layers
+            for k, v in layer.buffers.items()
+        }
 
     def set_buffers(self, buffers: dict) -> None:
         for layer in self.layers:
@@ -298,8 +327,9 @@ class Model:
                     raise ValueError(f"set_buffers: missing {key}")
                 arr = np.asarray(buffers[key])
                 if arr.shape != tuple(v.shape):
-                    raise ShapeError(f"set_buffers: {key} expects shape {tuple(v.shape)}, "
-                                     f"got {arr.shape}")
+                    raise ShapeError(
+                        f"set_buffers: {key} expects shape {tuple(v.shape)}, got {arr.shape}"
+                    )
                 v[...] = self.ops.asarray(arr, dtype=v.dtype)
 
     # -- persistence ----------------------------------------------------------------------
@@ -316,8 +346,13 @@ class Model:
     def get_config(self) -> dict:
         from .layers.base import layer_to_dict
 
-        return {"net": layer_to_dict(self.net), "seed": self.seed, "name": self.name,
-                "dtype": str(self.ops.dtype), "model_class": type(self).__name__}
+        return {
+            "net": layer_to_dict(self.net),
+            "seed": self.seed,
+            "name": self.name,
+            "dtype": str(self.ops.dtype),
+            "model_class": type(self).__name__,
+        }
 
     # -- display --------------------------------------------------------------------------
     def summary(self, input_shape: tuple | None = None, print_fn=print) -> str:
@@ -352,7 +387,13 @@ class Model:
 class Sequential(Model):
     """A stack of layers: `Sequential([Dense(784, 256, "relu"), Dense(256, 10)])`."""
 
-    def __init__(self, layers, backend=None, seed: int | None = 0, dtype: str = "float32",
-                 name: str | None = None):
+    def __init__(
+        self,
+        layers,
+        backend=None,
+        seed: int | None = 0,
+        dtype: str = "float32",
+        name: str | None = None,
+    ):
         chain = layers if isinstance(layers, Chain) else Chain(layers)
         super().__init__(chain, backend=backend, seed=seed, dtype=dtype, name=name)

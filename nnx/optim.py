@@ -67,8 +67,9 @@ class Optimizer:
     def __init__(self, lr):
         lr = _lr_from_config(lr)
         if not callable(lr) and (not isinstance(lr, (int, float)) or lr <= 0):
-            raise ValueError(f"{type(self).__name__}: lr must be a positive number or a "
-                             f"schedule, got {lr!r}")
+            raise ValueError(
+                f"{type(self).__name__}: lr must be a positive number or a schedule, got {lr!r}"
+            )
         self.lr = lr
         self.step = 0
         self.state: dict = {}
@@ -118,8 +119,9 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with optional momentum, Nesterov momentum and L2 weight decay (PyTorch semantics)."""
 
-    def __init__(self, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, lr=0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0
+    ):
         super().__init__(lr)
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
@@ -130,12 +132,22 @@ class SGD(Optimizer):
         self.state_names = ("velocity",) if momentum else ()
 
     def _apply(self, ops, params, grads, lr):
-        ops.sgd_update(params, grads, self.state.get("velocity"), lr, self.momentum,
-                       self.nesterov, self.weight_decay)
+        ops.sgd_update(
+            params,
+            grads,
+            self.state.get("velocity"),
+            lr,
+            self.momentum,
+            self.nesterov,
+            self.weight_decay,
+        )
 
     def _hyper(self):
-        return {"momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
 
 
 class Adam(Optimizer):
@@ -144,8 +156,14 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
 
-    def __init__(self, lr=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        lr=1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(lr)
         for arg, b in (("beta1", beta1), ("beta2", beta2)):
             if not 0 <= b < 1:
@@ -156,12 +174,27 @@ class Adam(Optimizer):
         self.weight_decay = float(weight_decay)
 
     def _apply(self, ops, params, grads, lr):
-        ops.adam_update(params, grads, self.state["m"], self.state["v"], self.step, lr,
-                        self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled)
+        ops.adam_update(
+            params,
+            grads,
+            self.state["m"],
+            self.state["v"],
+            self.step,
+            lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.decoupled,
+        )
 
     def _hyper(self):
-        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-                "weight_decay": self.weight_decay}
+        return {
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
 
 
 class AdamW(Adam):

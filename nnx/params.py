@@ -30,8 +30,9 @@ class ParameterStore:
         for layer, spec, off, size in self.entries:
             layer.params[spec.name] = self.params[off : off + size].reshape(spec.shape)
             layer.grads[spec.name] = self.grads[off : off + size].reshape(spec.shape)
-        self._regularized = [(layer, spec) for layer, spec, _o, _s in self.entries
-                             if spec.regularizer]
+        self._regularized = [
+            (layer, spec) for layer, spec, _o, _s in self.entries if spec.regularizer
+        ]
         root.bind(ops)
         self.initialize(seed)
 

@@ -71,9 +71,20 @@ def _compare(name, analytic, numeric, atol, rtol, result):
         )
 
 
-def gradcheck(layer: Layer, x, backend="numpy", *, training: bool = True, eps: float = 1e-6,
-              atol: float = 1e-6, rtol: float = 1e-4, max_checks: int = 48, seed: int = 0,
-              check_params: bool = True, weights=None) -> GradcheckResult:
+def gradcheck(
+    layer: Layer,
+    x,
+    backend="numpy",
+    *,
+    training: bool = True,
+    eps: float = 1e-6,
+    atol: float = 1e-6,
+    rtol: float = 1e-4,
+    max_checks: int = 48,
+    seed: int = 0,
+    check_params: bool = True,
+    weights=None,
+) -> GradcheckResult:
     """Check `layer`'s backward against float64 central differences of L = sum(f(x) * dy).
 
     `x` keeps its layout (pass a non-contiguous view to test strided inputs). Up to
@@ -97,8 +108,10 @@ def gradcheck(layer: Layer, x, backend="numpy", *, training: bool = True, eps: f
     store.grads[...] = 0
     dx = layer.backward(dy_dev, need_dx=True)
     dx_host = ops.to_host(dx).astype(np.float64)
-    grads = {f"{lyr.name}.{n}": ops.to_host(lyr.grads[n]).astype(np.float64).ravel().copy()
-             for lyr, n in store.views()}
+    grads = {
+        f"{lyr.name}.{n}": ops.to_host(lyr.grads[n]).astype(np.float64).ravel().copy()
+        for lyr, n in store.views()
+    }
 
     def objective(xd) -> float:
         return float((ops.to_host(run(xd)).astype(np.float64) * dy).sum())
@@ -110,8 +123,10 @@ def gradcheck(layer: Layer, x, backend="numpy", *, training: bool = True, eps: f
         xp_, xm_ = x_host.copy().ravel(), x_host.copy().ravel()
         xp_[i] += eps
         xm_[i] -= eps
-        num[j] = (objective(ops.asarray(xp_.reshape(x_host.shape)))
-                  - objective(ops.asarray(xm_.reshape(x_host.shape)))) / (2 * eps)
+        num[j] = (
+            objective(ops.asarray(xp_.reshape(x_host.shape)))
+            - objective(ops.asarray(xm_.reshape(x_host.shape)))
+        ) / (2 * eps)
     _compare("x", dx_host.ravel()[idx], num, atol, rtol, result)
 
     if check_params:
@@ -132,8 +147,16 @@ def gradcheck(layer: Layer, x, backend="numpy", *, training: bool = True, eps: f
     return result
 
 
-def gradcheck_loss(loss, output, targets, backend="numpy", *, eps: float = 1e-6,
-                   atol: float = 1e-7, rtol: float = 1e-5) -> GradcheckResult:
+def gradcheck_loss(
+    loss,
+    output,
+    targets,
+    backend="numpy",
+    *,
+    eps: float = 1e-6,
+    atol: float = 1e-7,
+    rtol: float = 1e-5,
+) -> GradcheckResult:
     """Check a loss's gradient w.r.t. its input against float64 central differences."""
     from . import losses
 
@@ -156,9 +179,17 @@ def gradcheck_loss(loss, output, targets, backend="numpy", *, eps: float = 1e-6,
     return result
 
 
-def assert_backends_agree(layer: Layer, x, backends=None, *, training: bool = False,
-                          dtype: str = "float64", rtol: float = 1e-6, atol: float = 1e-8,
-                          seed: int = 0) -> dict:
+def assert_backends_agree(
+    layer: Layer,
+    x,
+    backends=None,
+    *,
+    training: bool = False,
+    dtype: str = "float64",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    seed: int = 0,
+) -> dict:
     """Run `layer` (rebuilt from its config) on each backend from the same weights, compare its
     output, input gradient and parameter gradients with the numpy reference.
 
@@ -184,9 +215,14 @@ def assert_backends_agree(layer: Layer, x, backends=None, *, training: bool = Fa
         got = run(name)
         worst = 0.0
         for k, (a, b) in enumerate(zip(ref, got)):
-            np.testing.assert_allclose(b, a, rtol=rtol, atol=atol,
-                                       err_msg=f"backend {name!r} disagrees with numpy on "
-                                               f"{'output' if k == 0 else 'dx' if k == 1 else f'tensor {k}'}")
+            np.testing.assert_allclose(
+                b,
+                a,
+                rtol=rtol,
+                atol=atol,
+                err_msg=f"backend {name!r} disagrees with numpy on "
+                f"{'output' if k == 0 else 'dx' if k == 1 else f'tensor {k}'}",
+            )
             worst = max(worst, float(np.abs(a - b).max()) if a.size else 0.0)
         report[name] = worst
     return report

@@ -9,12 +9,17 @@ import nnx
 from nnx.testing import assert_backends_agree, avoid_kinks
 
 
-@pytest.mark.parametrize("make", [
-    lambda: nnx.Dense(7, 5, "relu"),
-    lambda: nnx.Dense(7, 5, "gelu", use_bias=False),
-    lambda: nnx.Chain([nnx.Dense(7, 6, "tanh"), nnx.Dense(6, 4, "softmax")]),
-    lambda: nnx.Chain([nnx.Dense(7, 6, "leaky_relu"), nnx.Dropout(0.5), nnx.Dense(6, 3, "sigmoid")]),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nnx.Dense(7, 5, "relu"),
+        lambda: nnx.Dense(7, 5, "gelu", use_bias=False),
+        lambda: nnx.Chain([nnx.Dense(7, 6, "tanh"), nnx.Dense(6, 4, "softmax")]),
+        lambda: nnx.Chain(
+            [nnx.Dense(7, 6, "leaky_relu"), nnx.Dropout(0.5), nnx.Dense(6, 3, "sigmoid")]
+        ),
+    ],
+)
 def test_layers_agree_across_backends(make, rng):
     x = avoid_kinks(rng.standard_normal((9, 7)))
     report = assert_backends_agree(make(), x)

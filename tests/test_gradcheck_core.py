@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nnx.kernels.reference import ACTIVATIONS
 
 import nnx
-from nnx.kernels.reference import ACTIVATIONS
 from nnx.testing import GradcheckError, avoid_kinks, gradcheck, gradcheck_loss
 
 

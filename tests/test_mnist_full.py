@@ -4,8 +4,8 @@ conftest points at ../shared/data/mnist): `nnx train --data mnist --epochs 5` re
 from __future__ import annotations
 
 import pytest
-
 from conftest import real_mnist_available
+
 from nnx.cli import main
 
 pytestmark = [

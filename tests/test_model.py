@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.errors import (CheckpointError, InputError, ShapeError, TrainingDivergedError,
-                        UnknownNameError)
+from nnx.errors import (
+    CheckpointError,
+    InputError,
+    ShapeError,
+    TrainingDivergedError,
+    UnknownNameError,
+)
 
 
 def blobs(rng, n=240, d=6, k=3):
@@ -152,12 +157,14 @@ def test_compile_required():
 
 # -- checkpoints ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", nnx.available_backends())
 def test_save_load_across_backends_resumes_identically(tmp_path, rng, target):
     x, y = blobs(rng)
     src = nnx.available_backends()[-1]
-    model = mlp(src, dropout=0.0, dtype="float32").compile(nnx.Adam(1e-2), "softmax_cross_entropy",
-                                                          ["accuracy"])
+    model = mlp(src, dropout=0.0, dtype="float32").compile(
+        nnx.Adam(1e-2), "softmax_cross_entropy", ["accuracy"]
+    )
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = tmp_path / "m.npz"
     model.save(path)
@@ -239,6 +246,7 @@ def test_untrusted_checkpoint_cannot_name_arbitrary_classes(tmp_path):
 
 
 # -- callbacks --------------------------------------------------------------------------------
+
 
 def test_early_stopping_restores_best(rng):
     x, y = blobs(rng)

@@ -7,7 +7,6 @@ import importlib
 import inspect
 
 import pytest
-
 from nnx.kernels.reference import Ops
 
 BACKEND_CLASSES = [("nnx.kernels.numba_cpu", "NumbaOps"), ("nnx.kernels.cupy_gpu", "CupyOps")]

@@ -10,13 +10,21 @@ import time
 
 def add_parser(sub, help_text):
     p = sub.add_parser("train", help=help_text, description=help_text)
-    p.add_argument("--model", default="mlp", help="a model of nnx/models/: mlp (default), cnn, "
-                   "lstm, autoencoder, ...")
-    p.add_argument("--data", choices=["sample", "mnist"], default="sample",
-                   help="sample: the MNIST sample shipped inside nnx (offline); mnist: the full set "
-                        "from NNX_DATA_DIR or the cache (downloaded if missing)")
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
+    p.add_argument(
+        "--model",
+        default="mlp",
+        help="a model of nnx/models/: mlp (default), cnn, lstm, autoencoder, ...",
+    )
+    p.add_argument(
+        "--data",
+        choices=["sample", "mnist"],
+        default="sample",
+        help="sample: the MNIST sample shipped inside nnx (offline); mnist: the full set "
+        "from NNX_DATA_DIR or the cache (downloaded if missing)",
+    )
+    p.add_argument(
+        "--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND or numpy)"
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -26,8 +34,12 @@ def add_parser(sub, help_text):
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    p.add_argument("--distributed", action="store_true", help="data-parallel over the ranks "
-                   "of mpiexec (mpiexec -n 4 nnx train --distributed); one process without it")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks "
+        "of mpiexec (mpiexec -n 4 nnx train --distributed); one process without it",
+    )
     p.set_defaults(command="train")
     return p
 
@@ -74,17 +86,22 @@ def run(args) -> int:
         if not opt.is_chief:
             sys.stdout = open(os.devnull, "w")
     model.compile(opt, zoo.LOSS, ["accuracy"] if zoo.TARGET == "labels" else [])
-    print(f"nnx train: model {args.model} ({model.count_params():,} parameters), backend "
-          f"{model.backend}, data {args.data} ({len(xtr)} train / {len(xte)} test), "
-          f"{args.epochs} epochs, batch {args.batch_size}")
+    print(
+        f"nnx train: model {args.model} ({model.count_params():,} parameters), backend "
+        f"{model.backend}, data {args.data} ({len(xtr)} train / {len(xte)} test), "
+        f"{args.epochs} epochs, batch {args.batch_size}"
+    )
     t0 = time.perf_counter()
-    model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-              verbose=0 if args.quiet else 1)
+    model.fit(
+        xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, verbose=0 if args.quiet else 1
+    )
     train_s = time.perf_counter() - t0
     result = model.evaluate(xte, yte)
     metrics = "  ".join(f"test {k} {v:.4f}" for k, v in result.items())
-    print(f"{metrics}  (training {train_s:.1f}s, "
-          f"{args.epochs * len(xtr) / max(train_s, 1e-9):,.0f} samples/s)")
+    print(
+        f"{metrics}  (training {train_s:.1f}s, "
+        f"{args.epochs * len(xtr) / max(train_s, 1e-9):,.0f} samples/s)"
+    )
     if args.save:
         model.save(args.save)
         print(f"saved to {args.save}")

@@ -108,6 +108,7 @@ class Layer:
                 f" ({arg}={size}), got shape {tuple(x.shape)}"
             )
 
+
 def _snake(name: str) -> str:
     out = []
     for i, ch in enumerate(name):

@@ -11,8 +11,10 @@ class Chain(Layer):
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"Chain {self.name!r}: item {i} is a {type(layer).__name__}, "
-                                "expected an nnx layer")
+                raise TypeError(
+                    f"Chain {self.name!r}: item {i} is a {type(layer).__name__}, "
+                    "expected an nnx layer"
+                )
         self.layers = layers
 
     def sublayers(self):

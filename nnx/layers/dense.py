@@ -41,11 +41,18 @@ class Dense(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def param_specs(self):
-        specs = [ParamSpec("W", (self.in_features, self.out_features), self.kernel_initializer,
-                           self.kernel_regularizer)]
+        specs = [
+            ParamSpec(
+                "W",
+                (self.in_features, self.out_features),
+                self.kernel_initializer,
+                self.kernel_regularizer,
+            )
+        ]
         if self.use_bias:
-            specs.append(ParamSpec("b", (self.out_features,), self.bias_initializer,
-                                   self.bias_regularizer))
+            specs.append(
+                ParamSpec("b", (self.out_features,), self.bias_initializer, self.bias_regularizer)
+            )
         return specs
 
     def forward(self, x, training=False):
@@ -58,8 +65,14 @@ class Dense(Layer):
 
     def backward(self, dy, need_dx=True):
         dx, _dW, _db = self.ops.dense_backward(
-            dy, self._x, self.params["W"], self._saved, self.activation, need_dx,
-            self.grads["W"], self.grads.get("b"),
+            dy,
+            self._x,
+            self.params["W"],
+            self._saved,
+            self.activation,
+            need_dx,
+            self.grads["W"],
+            self.grads.get("b"),
         )
         return dx
 
@@ -75,7 +88,8 @@ class Dense(Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": init if isinstance(init, str) else "glorot_uniform",
             "bias_initializer": self.bias_initializer
-            if isinstance(self.bias_initializer, str) else "zeros",
+            if isinstance(self.bias_initializer, str)
+            else "zeros",
             "kernel_regularizer": regularizers.to_config(self.kernel_regularizer),
             "bias_regularizer": regularizers.to_config(self.bias_regularizer),
             "name": self.name,
