@@ -17,6 +17,7 @@ from . import (
     models,
     optim,
     preprocessing,
+    profile,
     regularizers,
 )
 from .backend import (
@@ -86,6 +87,7 @@ __all__ = [
     "models",
     "optim",
     "preprocessing",
+    "profile",
     "regularizers",
     "register_backend",
     "set_backend",

@@ -314,3 +314,19 @@ def test_resumed_fit_continues_the_shuffle_order(tmp_path, rng):
     loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_backward_skips_input_gradient_before_first_trainable_layer(monkeypatch, rng):
+    """Flatten first: the first Dense is asked for no dx (the unused GEMM is skipped)."""
+    model = nnx.Sequential([nnx.Flatten(), nnx.Dense(6, 4, "relu"), nnx.Dense(4, 3)])
+    model.compile("sgd", "softmax_cross_entropy")
+    calls = []
+    orig = type(model.ops).dense_backward
+
+    def spy(self, dy, x, W, saved, activation="identity", need_dx=True, dW_out=None, db_out=None):
+        calls.append(need_dx)
+        return orig(self, dy, x, W, saved, activation, need_dx, dW_out, db_out)
+
+    monkeypatch.setattr(type(model.ops), "dense_backward", spy)
+    model.train_step(rng.standard_normal((5, 2, 3)), rng.integers(0, 3, 5))
+    assert calls == [True, False]

@@ -26,10 +26,19 @@ class Chain(Layer):
         return x
 
     def backward(self, dy, need_dx=True):
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            dy = self.layers[i].backward(dy, need_dx or i > 0)
-        return dy
+        """Backward in reverse order. When the caller needs no input gradient, stop at the
+        first layer that has parameters: layers before it (Flatten, Dropout, ...) have nothing
+        to learn, and that layer can skip its dx GEMM."""
+        stop = 0 if need_dx else self._first_trainable()
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            dy = self.layers[i].backward(dy, need_dx or i > stop)
+        return dy if stop == 0 else None
+
+    def _first_trainable(self) -> int:
+        for i, layer in enumerate(self.layers):
+            if any(leaf.param_specs() for leaf in layer.leaves()):
+                return i
+        return len(self.layers)
 
     def output_shape(self, input_shape):
         for layer in self.layers:

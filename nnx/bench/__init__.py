@@ -1,0 +1,99 @@
+"""nnx.bench: the benchmark harness behind `nnx bench` and `benchmarks/` (pytest-benchmark).
+
+    from nnx import bench
+    run = bench.run(suites=["gemm", "mlp"], quick=True)      # dict, as written to JSON
+    print(bench.format_table(run["results"]))
+    bench.compare("old.json", "new.json")                    # what got faster / slower
+
+Modules: `registry` (cases, suites, targets), `suites` (the built-in cases), `timing` (clocks,
+medians and IQRs), `runner` (warm-up, calibration, interleaved rounds), `machine` (description,
+thread control, measured peaks), `report` (JSON, tables, compare), `plots` and `crossover`.
+"""
+
+from __future__ import annotations
+
+from .registry import Case, Skip, Target, available_targets, cases, suite, suite_names
+from .report import compare, format_compare, format_table, load_json, make_run, write_json
+from .runner import RunConfig, run_case, run_cases
+from .timing import Stats, quantile
+
+__all__ = [
+    "Case", "RunConfig", "Skip", "Stats", "Target", "available_targets", "cases", "compare",
+    "format_compare", "format_table", "load_json", "make_run", "quantile", "run", "run_case",
+    "run_cases", "suite", "suite_names", "write_json",
+]
+
+
+def run(suites=None, backends=None, quick: bool = False, repeats: int | None = None,
+        torch: bool = True, threads: int | None = None, crossover: bool = False,
+        warmup_backends: bool | None = None, wait_quiet: float = 0.0,
+        busy_threshold: float | None = None, max_wait: float | None = None, log=print,
+        argv=None) -> dict:
+    """Run suites (all when None) on every available target; returns the run as a dict
+    (the JSON `nnx bench` writes). `wait_quiet`: wait up to that many seconds for the CPUs to
+    go idle (other processes) before measuring."""
+    import time
+
+    from . import machine
+    from .crossover import sweep
+
+    quiet = None
+    if wait_quiet:
+        quiet = machine.wait_quiet(wait_quiet, log=log)
+        if log and not quiet:
+            log(f"the machine did not go quiet within {wait_quiet:.0f} s; measuring anyway")
+    t_start = time.perf_counter()
+    selected = cases(suites, quick=quick) if (suites or not crossover) else []  # names checked
+    names, skipped = available_targets(backends, torch=torch)
+    targets = [Target(n) for n in names]
+    counts = machine.set_threads(threads, torch_too=any(t.kind == "torch" for t in targets))
+    desc = machine.describe()
+    if log:
+        log(f"machine: {machine.one_line(desc)}")
+        warn = machine.busy_warning()
+        if warn:
+            log(f"WARNING: {warn}")
+        for t, why in skipped.items():
+            log(f"target {t} skipped: {why}")
+    config = RunConfig.quick(repeats) if quick else RunConfig(repeats=repeats or 15)
+    if busy_threshold is not None:  # 0 turns the busy-host pause off
+        config.busy_threshold = busy_threshold or None
+    if max_wait is not None:
+        config.max_wait_s = max_wait
+    if config.busy_threshold:  # the peaks are the yardstick of every case: measure them idle
+        machine.LoadProbe().wait_idle(config.busy_threshold, config.max_wait_s)
+    peaks = machine.measure_peaks(quick=quick)
+    if log:
+        from .report import format_peaks
+
+        log(format_peaks(peaks))
+    compile_s = {}
+    if warmup_backends if warmup_backends is not None else not quick:
+        from nnx.backend import backend_module
+
+        for t in targets:
+            if t.kind == "nnx":
+                t0 = time.perf_counter()
+                per = backend_module(t.name).warmup(t.ops) or {}
+                compile_s[t.name] = {"total_s": time.perf_counter() - t0, "kernels": per}
+    results = run_cases(selected, targets, config, peaks, log=log)
+    # the crossover asks which nnx backend to pick: the torch yardstick stays out of it
+    sw = None
+    if crossover:
+        cfg = None if quick else RunConfig(repeats=9, max_case_s=12.0,
+                                           busy_threshold=config.busy_threshold,
+                                           max_wait_s=config.max_wait_s)
+        sw = sweep([t for t in targets if t.kind == "nnx"], quick=quick, config=cfg, peaks=peaks,
+                   log=log)
+    settings = {
+        "mode": "quick" if quick else "full", "repeats": config.repeats,
+        "sample_s": config.sample_s, "warmup_calls": config.warmup,
+        "max_case_s": config.max_case_s, "threads": counts,
+        "busy_threshold_cpus": config.busy_threshold, "max_wait_s": config.max_wait_s,
+        "suites": list(suites or ([] if crossover else suite_names())),
+        "backend_warmup": compile_s, "wall_s": time.perf_counter() - t_start,
+        "interleaved": True,
+        "waited_for_quiet": quiet,
+        "loadavg_end": machine._loadavg(),
+    }
+    return make_run(results, desc, peaks, settings, names, skipped, sw, argv)

@@ -1,0 +1,204 @@
+"""The case registry: what to run (cases, grouped in suites) and where (targets).
+
+A *case* is one workload at one size: a name, its suite, its FLOP and byte counts, and a
+`setup(target)` that allocates the inputs on the target and returns the zero-argument function
+to time (or raises `Skip` with a reason: a kernel that does not exist yet, no torch equivalent).
+A *target* is where a case runs: an nnx backend ("numpy", "numba", "cupy") or the PyTorch
+yardstick ("torch" on the CPU, "torch-cuda"). Suites are functions `quick -> [Case]`, registered
+with `@suite(name)`; the same registry feeds `nnx bench`, the pytest-benchmark files in
+`benchmarks/`, and the crossover sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TORCH_TARGETS = ("torch", "torch-cuda")
+
+
+class Skip(Exception):
+    """Raised by a case's setup when it cannot run on a target; the message is the reason."""
+
+
+@dataclass
+class Case:
+    name: str
+    suite: str
+    setup: Callable  # setup(target) -> fn() (raises Skip(reason))
+    flops: float | None = None  # floating-point operations per call of fn
+    bytes: float | None = None  # minimal bytes moved per call (reads + writes)
+    params: dict = field(default_factory=dict)
+    group: str | None = None  # plot group: cases of one group share an x axis
+    x: float | None = None  # position on that axis (e.g. the n of an n^3 GEMM)
+    bound: str = "compute"  # "compute": % of SGEMM peak; "memory": % of memcpy peak
+    number: int | None = None  # fixed calls per sample (None: calibrated)
+    repeats: int | None = None  # fixed rounds (None: the run's setting)
+
+    @property
+    def intensity(self) -> float | None:
+        """Arithmetic intensity, FLOP per byte."""
+        if self.flops and self.bytes:
+            return self.flops / self.bytes
+        return None
+
+
+class Target:
+    """Where a case runs. For nnx backends `new_ops()` gives a fresh, seeded Ops object."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.kind = "torch" if name in TORCH_TARGETS else "nnx"
+        self._ops = None
+        if self.kind == "torch":
+            import torch
+
+            self.torch = torch
+            self.device = "cuda" if name == "torch-cuda" else "cpu"
+        else:
+            self._ops = self.new_ops()
+        self.on_device = (self.kind == "torch" and self.device == "cuda") or (
+            self.kind == "nnx" and not self._ops.on_host)
+
+    def __repr__(self):
+        return f"Target({self.name!r})"
+
+    # -- nnx backends -------------------------------------------------------------------
+    def new_ops(self, seed: int = 0):
+        from nnx.backend import get_ops
+
+        return get_ops(self.name, seed=seed)
+
+    @property
+    def ops(self):
+        return self._ops
+
+    # -- both ---------------------------------------------------------------------------
+    def sync(self) -> None:
+        if self.kind == "torch":
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+        else:
+            self._ops.synchronize()
+
+    def clock(self):
+        """The clock for this target: CUDA events on GPUs, synchronized perf_counter else."""
+        from .timing import CudaEventClock, HostClock, TorchCudaEventClock
+
+        if self.kind == "torch" and self.device == "cuda":
+            return TorchCudaEventClock(self.torch)
+        if self.kind == "nnx" and not self._ops.on_host:
+            cp = getattr(self._ops, "xp", None)
+            if cp is not None and hasattr(cp, "cuda") and hasattr(cp.cuda, "Event"):
+                return CudaEventClock(cp, self.sync)
+        return HostClock(self.sync)
+
+    def array(self, host, dtype=None):
+        """A host NumPy array moved to the target (floats as float32 unless `dtype`)."""
+        import numpy as np
+
+        host = np.asarray(host)
+        if self.kind == "torch":
+            t = self.torch.from_numpy(np.ascontiguousarray(host))
+            if dtype is None and host.dtype.kind == "f":
+                t = t.float()
+            return t.to(self.device)
+        return self._ops.asarray(host, dtype=dtype)
+
+    def empty(self, shape):
+        if self.kind == "torch":
+            return self.torch.empty(shape, device=self.device)
+        return self._ops.empty(shape)
+
+
+def available_targets(backends=None, torch: bool = True) -> tuple[list[str], dict]:
+    """(target names, {unavailable target: reason}). Default: every available nnx backend, then
+    torch (CPU) and torch-cuda when PyTorch is importable and sees a GPU."""
+    from nnx import compat
+    from nnx.backend import available_backends, backend_module, backend_names
+
+    skipped: dict[str, str] = {}
+    avail = available_backends()
+    if backends:
+        names = []
+        for b in backends:
+            if b in TORCH_TARGETS:
+                continue
+            if b in avail:
+                names.append(b)
+            elif b in backend_names():
+                skipped[b] = backend_module(b).unavailable_reason()
+            else:
+                skipped[b] = "unknown backend"
+    else:
+        names = list(avail)
+        for b in backend_names():
+            if b not in avail:
+                skipped[b] = backend_module(b).unavailable_reason()
+    explicit = [b for b in (backends or []) if b in TORCH_TARGETS]
+    # torch runs by default, or when named in `backends`; an explicit list of nnx backends alone
+    # means those only
+    if torch and (not backends or explicit):
+        if not compat.has_torch:
+            skipped["torch"] = "PyTorch is not installed (pip install torch)"
+        else:
+            import torch as _torch
+
+            if not explicit or "torch" in explicit:
+                names.append("torch")
+            if _torch.cuda.is_available():
+                if not explicit or "torch-cuda" in explicit:
+                    names.append("torch-cuda")
+            elif not explicit or "torch-cuda" in explicit:
+                skipped["torch-cuda"] = "torch sees no CUDA device"
+    return names, skipped
+
+
+# -- suites -----------------------------------------------------------------------------------
+SUITES: dict[str, Callable] = {}
+SUITE_HELP: dict[str, str] = {}
+
+
+def suite(name: str, help: str = ""):
+    """Register `fn(quick: bool) -> list[Case]` as the suite `name`."""
+
+    def deco(fn):
+        SUITES[name] = fn
+        SUITE_HELP[name] = help or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return deco
+
+
+def suite_names() -> list[str]:
+    from . import suites  # noqa: F401  (registers the built-in suites)
+
+    return list(SUITES)
+
+
+def cases(names=None, quick: bool = False) -> list[Case]:
+    """The cases of the named suites (all when None), in registry order."""
+    from . import suites  # noqa: F401
+
+    out = []
+    for n in names or list(SUITES):
+        if n not in SUITES:
+            from nnx.errors import unknown
+
+            raise unknown("benchmark suite", n, SUITES)
+        out.extend(SUITES[n](quick))
+    return out
+
+
+def gemm_flops(m: int, k: int, n: int) -> float:
+    """FLOPs of C = A @ B with A (m, k), B (k, n): one multiply and one add per term."""
+    return 2.0 * m * k * n
+
+
+def fmt_shape(*dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def nan_to_none(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

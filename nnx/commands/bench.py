@@ -1,0 +1,142 @@
+"""`nnx bench`: run the benchmark suites on every backend (and PyTorch as a yardstick), print
+the table, write JSON, tables and PNG plots; or compare two earlier runs.
+
+    nnx bench                              # every suite, every available backend + torch
+    nnx bench --suite gemm mlp --quick     # small sizes, few repeats (a smoke test)
+    nnx bench --crossover                  # batch x width sweep: which backend wins where
+    nnx bench --compare old.json new.json  # what got faster / slower beyond noise
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def add_parser(sub, help_text):
+    p = sub.add_parser("bench", help=help_text, description=help_text)
+    p.add_argument("--suite", nargs="+", metavar="NAME", default=None,
+                   help="suites to run (default: all; see --list)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", default=None,
+                   help="targets: nnx backends and/or torch, torch-cuda (default: every "
+                        "available backend plus torch)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and few repeats: checks the harness, not the speed")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="where bench.json, table.txt/.md and the PNGs go (default ./bench-out)")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
+                   help="compare two bench.json files instead of running")
+    p.add_argument("--merge", nargs="+", metavar="RUN.json", default=None,
+                   help="merge earlier runs (later ones win per case and target) into --out, "
+                        "rewriting the tables and plots, instead of running")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="--compare: relative change that counts, besides disjoint IQRs (0.05)")
+    p.add_argument("--crossover", action="store_true",
+                   help="run the batch x width crossover sweep (alone, unless --suite is given)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="interleaved rounds per case (default 15; quick 3)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for Numba, BLAS and torch alike (default: as configured)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to SECONDS for other processes to leave the CPUs idle")
+    p.add_argument("--busy-threshold", type=float, default=None, metavar="CPUS",
+                   help="redo a round when other processes used more than CPUS cores during it, "
+                        "after waiting for them (default 0.5; quick: off; 0: off)")
+    p.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
+                   help="with --busy-threshold: wait at most this long per case (default 90)")
+    p.add_argument("--no-torch", action="store_true", help="leave the PyTorch yardstick out")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument("--list", action="store_true", help="list the suites and exit")
+    p.set_defaults(command="bench")
+    return p
+
+
+def run(args) -> int:
+    from nnx import bench
+    from nnx.bench import report
+    from nnx.errors import NNXError
+
+    if args.list:
+        from nnx.bench.registry import SUITE_HELP
+
+        for name in bench.suite_names():
+            print(f"{name:12s} {SUITE_HELP.get(name, '')}")
+        return 0
+    if args.compare:
+        try:
+            cmp = report.compare(*args.compare, threshold=args.threshold)
+        except (OSError, ValueError) as exc:
+            print(f"nnx bench --compare: {exc}", file=sys.stderr)
+            return 2
+        print(report.format_compare(cmp))
+        return 0
+    if args.merge:
+        try:
+            res = report.merge_runs(args.merge)
+        except (OSError, ValueError) as exc:
+            print(f"nnx bench --merge: {exc}", file=sys.stderr)
+            return 2
+        return write_outputs(res, args.out, plots=not args.no_plots)
+    try:
+        res = bench.run(suites=args.suite, backends=args.backends, quick=args.quick,
+                        repeats=args.repeats, torch=not args.no_torch, threads=args.threads,
+                        crossover=args.crossover, wait_quiet=args.wait_quiet,
+                        busy_threshold=args.busy_threshold, max_wait=args.max_wait,
+                        argv=_argv(args))
+    except NNXError as exc:
+        print(f"nnx bench: {exc}", file=sys.stderr)
+        return 2
+    return write_outputs(res, args.out, plots=not args.no_plots)
+
+
+def _argv(args) -> list[str]:
+    """The options as given (for the JSON), reconstructed from the parsed arguments."""
+    out = []
+    for k, v in sorted(vars(args).items()):
+        if k == "command" or v in (None, False):
+            continue
+        out.append(f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}"))
+    return out
+
+
+def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
+    from nnx.bench import machine, report
+    from nnx.bench import plots as plots_mod
+
+    os.makedirs(out, exist_ok=True)
+    targets = res["targets"]
+    title = (f"nnx bench ({res['settings'].get('mode')}): median time per call ±IQR/median; "
+             f"x<target> = speed-up over numpy; %peak = of SGEMM (compute-bound) or memcpy "
+             f"(memory-bound)\n{machine.one_line(res['machine'])}\n"
+             f"{report.format_peaks(res['peaks'])}")
+    text = report.format_table(res["results"], targets, title=title) if res["results"] else title
+    md = report.format_table(res["results"], targets, markdown=True,
+                             title="nnx bench results") if res["results"] else ""
+    sw = res.get("crossover")
+    if sw:
+        from nnx.bench.crossover import format_crossover
+
+        text += "\n\n" + format_crossover(sw)
+        md += "\n\n" + format_crossover(sw, markdown=True)
+    log("")
+    log(text)
+    paths = [report.write_json(res, os.path.join(out, "bench.json"))]
+    with open(os.path.join(out, "machine.json"), "w") as f:
+        json.dump({"machine": res["machine"], "peaks": res["peaks"],
+                   "settings": res["settings"]}, f, indent=1)
+    paths.append(os.path.join(out, "machine.json"))
+    for name, body in (("table.txt", text), ("table.md", md)):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(body + "\n")
+        paths.append(os.path.join(out, name))
+    if plots:
+        sub = machine.one_line(res["machine"])
+        if res["results"]:
+            paths += plots_mod.plot_results(res["results"], res["peaks"], targets, out, sub)
+        if sw:
+            from nnx.bench.crossover import plot_crossover
+
+            paths += plot_crossover(sw, out)
+    log("\nwrote: " + ", ".join(paths))
+    return 0
