@@ -51,6 +51,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .numba_common import PAR as _PAR
+from .numba_common import PAR_MIN_ELEMS
+from .numba_common import SER as _SER
+from .numba_common import contiguous as _c
+from .numba_common import same_float as _same_float
 from .numba_layers import NumbaLayerKernels
 from .reference import _GELU_K, ACTIVATIONS, LEAKY_SLOPE, Ops
 
@@ -73,13 +78,6 @@ assert _ACT_CODE == {
 # reference kernels; tanh's backward, dy * (1 - y*y), stays fused.
 _NUMPY_FASTER = frozenset({TANH, GELU})
 
-# Below this many elements a kernel runs serially (see the module docstring; measured).
-PAR_MIN_ELEMS = 1 << 18
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan / ninf: keep NaN/inf exact
-_SER = dict(fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
-_PAR = dict(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
 
 _GELU_C = 0.044715
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -552,26 +550,6 @@ def _mul_par(a, b, out, nchunks):
 # ============================================================================================
 # The backend
 # ============================================================================================
-def _c(a):
-    """C-contiguous (no copy when it already is)."""
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _same_float(*arrays) -> bool:
-    """All arrays NumPy, of one float dtype this module compiles for."""
-    dt = None
-    for a in arrays:
-        if not isinstance(a, np.ndarray):
-            return False
-        if dt is None:
-            dt = a.dtype
-            if dt not in _FLOATS:
-                return False
-        elif a.dtype != dt:
-            return False
-    return True
-
-
 class NumbaOps(NumbaLayerKernels, Ops):
     """NumPy arrays; BLAS GEMMs with fused Numba epilogues, fused losses and optimizers."""
 

@@ -33,33 +33,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-# numba_cpu imports this module, so its helpers are restated here (not imported: a cycle);
-# tests/test_numba_layer_kernels.py checks they stay equal.
-PAR_MIN_ELEMS = 1 << 18
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan / ninf
-_SER = dict(fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
-_PAR = dict(parallel=True, fastmath=_FASTMATH, error_model="numpy", cache=True, nogil=True)
-
-
-def _c(a):
-    """C-contiguous (no copy when it already is)."""
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _same_float(*arrays) -> bool:
-    """All arrays NumPy, of one float dtype the kernels compile for."""
-    dt = None
-    for a in arrays:
-        if not isinstance(a, np.ndarray):
-            return False
-        if dt is None:
-            dt = a.dtype
-            if dt not in _FLOATS:
-                return False
-        elif a.dtype != dt:
-            return False
-    return True
+from .numba_common import PAR as _PAR
+from .numba_common import PAR_MIN_ELEMS
+from .numba_common import SER as _SER
+from .numba_common import contiguous as _c
+from .numba_common import same_float as _same_float
 
 _MAXTAG = "numba-maxpool"
 _AVGTAG = "numba-avgpool"

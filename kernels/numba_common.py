@@ -1,0 +1,36 @@
+"""What the Numba kernel modules share: jit options, the serial/parallel threshold and the
+dtype/layout checks that decide whether a call runs in Numba or falls back to the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Below this many elements a kernel runs serially (measured: next to OpenBLAS's threads on 2
+# cores, thread launches cost more than they save on training-size arrays).
+PAR_MIN_ELEMS = 1 << 18
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan / ninf: keep NaN/inf exact
+# error_model="numpy": Numba's default zero-division check stops loops from vectorizing.
+SER = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
+PAR = dict(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
+
+
+def contiguous(a):
+    """C-contiguous (no copy when it already is)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def same_float(*arrays) -> bool:
+    """All arrays NumPy, of one float dtype the kernels compile for."""
+    dt = None
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            return False
+        if dt is None:
+            dt = a.dtype
+            if dt not in FLOATS:
+                return False
+        elif a.dtype != dt:
+            return False
+    return True
