@@ -13,12 +13,11 @@ squared error per pixel (pixels in [0, 1], sigmoid outputs).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
-from nnx.backend import backend_module
 from nnx.datasets import mnist
 from nnx.models import autoencoder
 
@@ -72,23 +71,15 @@ def main(argv=None) -> dict:
     xtr, xte = load(args.data)
     ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)  # targets: the inputs
     model = autoencoder.build(backend=args.backend, seed=args.seed)
-    t0 = time.perf_counter()
-    compiled = backend_module(model.backend).warmup(model.ops)  # JIT compilation, if any
-    warm_s = time.perf_counter() - t0
+    warm_note = warm_up(model)
     model.compile(nnx.Adam(args.lr), autoencoder.LOSS, metrics=[])
     print(f"autoencoder 784-128-32-128-784 ({model.count_params():,} parameters); backend "
           f"{model.backend}, data {args.data}: {len(xtr)} train / {len(xte)} test, batch "
           f"{args.batch_size}, {args.epochs} epochs"
-          + (f" (warm-up {warm_s:.1f}s for {len(compiled)} kernels)" if compiled else ""),
+          + warm_note,
           flush=True)
-    hist = model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=(xte, yte), verbose=1)
-    times = list(hist.history.get("time", []))
+    hist, times = fit_and_report(model, (xtr, ytr), (xte, yte), args)
     mse = model.evaluate(xte, yte)["loss"]
-    if times:
-        mean = sum(times) / len(times)
-        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
-              + f"  (mean {mean:.1f}s, {len(xtr) / mean:,.0f} samples/s)")
     print(f"final test reconstruction MSE {mse:.5f}")
     if args.out:
         k = min(args.digits, len(xte))
@@ -96,9 +87,7 @@ def main(argv=None) -> dict:
         save_grid(xte[:k], recon, args.out, f"top: test digits, bottom: reconstructions "
                                              f"(test MSE {mse:.4f}, backend {model.backend})")
         print(f"saved {args.out}")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
+    save_if_asked(model, args.save)
     return {"test_mse": mse, "epoch_times": times}
 
 

@@ -17,9 +17,9 @@ import os
 import time
 
 import numpy as np
+from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
-from nnx.backend import backend_module
 from nnx.callbacks import Callback
 from nnx.datasets import mnist
 from nnx.models import cnn
@@ -75,9 +75,7 @@ def main(argv=None) -> dict:
     if args.limit:
         xtr, ytr = xtr[:args.limit], ytr[:args.limit]
     model = cnn.build(backend=args.backend, seed=args.seed, batchnorm=args.batchnorm)
-    t0 = time.perf_counter()
-    compiled = backend_module(model.backend).warmup(model.ops)  # JIT compilation, if any
-    warm_s = time.perf_counter() - t0
+    warm_note = warm_up(model)
     lr = args.lr
     if args.schedule == "cosine":
         steps = args.epochs * -(-len(xtr) // args.batch_size)
@@ -86,21 +84,12 @@ def main(argv=None) -> dict:
     model.summary(input_shape=(1, 28, 28))
     print(f"backend {model.backend}, data {args.data}: {len(xtr)} train / {len(xte)} test, "
           f"batch {args.batch_size}, {args.epochs} epochs, Adam lr {args.lr} ({args.schedule})"
-          + (f" (warm-up {warm_s:.1f}s for {len(compiled)} kernels)" if compiled else ""))
+          + warm_note)
 
-    val = None if args.no_eval_each_epoch else (xte, yte)
-    hist = model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=val, verbose=1, callbacks=[CpuTime()])
-    times = list(hist.history.get("time", []))
+    hist, times = fit_and_report(model, (xtr, ytr), (xte, yte), args, [CpuTime()])
     result = model.evaluate(xte, yte)
-    if times:
-        mean = sum(times) / len(times)
-        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
-              + f"  (mean {mean:.1f}s, {len(xtr) / mean:,.0f} samples/s)")
     print(f"final test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
+    save_if_asked(model, args.save)
     return {"test": result, "epoch_times": times, "history": hist.history}
 
 

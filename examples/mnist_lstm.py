@@ -14,12 +14,11 @@ reads the four MNIST IDX files from NNX_DATA_DIR (or downloads them).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
-from nnx.backend import backend_module
 from nnx.datasets import mnist
 from nnx.models import lstm
 
@@ -51,29 +50,18 @@ def main(argv=None) -> dict:
     if args.limit:
         xtr, ytr = xtr[:args.limit], ytr[:args.limit]
     model = lstm.build(backend=args.backend, seed=args.seed, hidden=args.hidden)
-    t0 = time.perf_counter()
-    compiled = backend_module(model.backend).warmup(model.ops)  # JIT compilation, if any
-    warm_s = time.perf_counter() - t0
+    warm_note = warm_up(model)
     model.compile(nnx.Adam(args.lr), lstm.LOSS, ["accuracy"])
     print(f"LSTM({28}, {args.hidden}) -> Dense({args.hidden}, 10): {model.count_params():,} "
           f"parameters; backend {model.backend}, data {args.data}: {len(xtr)} train / "
           f"{len(xte)} test, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}"
-          + (f" (warm-up {warm_s:.1f}s for {len(compiled)} kernels)" if compiled else ""),
+          + warm_note,
           flush=True)
 
-    val = None if args.no_eval_each_epoch else (xte, yte)
-    hist = model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=val, verbose=1)
-    times = list(hist.history.get("time", []))
+    hist, times = fit_and_report(model, (xtr, ytr), (xte, yte), args)
     result = model.evaluate(xte, yte)
-    if times:
-        mean = sum(times) / len(times)
-        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
-              + f"  (mean {mean:.1f}s, {len(xtr) / mean:,.0f} samples/s)")
     print(f"final test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
+    save_if_asked(model, args.save)
     return {"test": result, "epoch_times": times}
 
 

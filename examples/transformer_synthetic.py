@@ -12,10 +12,10 @@ test accuracy, and the final test accuracy.
 from __future__ import annotations
 
 import argparse
-import time
+
+from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
-from nnx.backend import backend_module
 from nnx.models import transformer
 
 
@@ -48,28 +48,18 @@ def main(argv=None) -> dict:
         embed_dim=args.dim, num_heads=args.heads, mlp_dim=args.mlp, depth=args.depth,
         num_classes=2, pool=args.pool,
     )
-    t0 = time.perf_counter()
-    compiled = backend_module(model.backend).warmup(model.ops)  # JIT compilation, if any
-    warm_s = time.perf_counter() - t0
+    warm_note = warm_up(model)
     model.compile(nnx.Adam(args.lr), transformer.LOSS, ["accuracy"])
     print(f"Transformer encoder ({args.depth} blocks, dim {args.dim}, {args.heads} heads, "
           f"{model.count_params():,} parameters) on 'first token repeated?': {len(xtr)} train / "
           f"{len(xte)} test sequences of {args.seq_len} tokens (vocab {args.vocab}); backend "
           f"{model.backend}, batch {args.batch_size}, {args.epochs} epochs"
-          + (f" (warm-up {warm_s:.1f}s for {len(compiled)} kernels)" if compiled else ""),
+          + warm_note,
           flush=True)
-    hist = model.fit(xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=(xte, yte), verbose=1)
-    times = list(hist.history.get("time", []))
+    hist, times = fit_and_report(model, (xtr, ytr), (xte, yte), args)
     result = model.evaluate(xte, yte)
-    if times:
-        mean = sum(times) / len(times)
-        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
-              + f"  (mean {mean:.1f}s, {len(xtr) / mean:,.0f} samples/s)")
     print(f"final test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
-    if args.save:
-        model.save(args.save)
-        print(f"saved to {args.save}")
+    save_if_asked(model, args.save)
     return {"test": result, "epoch_times": times}
 
 
