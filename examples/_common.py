@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from nnx.backend import backend_module
+
+
+def parser(doc: str, *, epochs: int, batch_size: int, lr: float, data: bool = True):
+    """The flags every example takes, with its own defaults; the caller adds the rest."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument(
+        "--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND or numpy)"
+    )
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    if data:
+        p.add_argument("--data", choices=["sample", "mnist"], default="sample")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
+    return p
 
 
 def warm_up(model) -> str:
@@ -19,13 +36,22 @@ def fit_and_report(model, train, test, args, callbacks=()):
     """fit (validating on `test` each epoch unless --no-eval-each-epoch), then print the epoch
     times; returns (history, epoch times)."""
     val = None if getattr(args, "no_eval_each_epoch", False) else test
-    hist = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=val, verbose=1, callbacks=list(callbacks))
+    hist = model.fit(
+        *train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_data=val,
+        verbose=1,
+        callbacks=list(callbacks),
+    )
     times = list(hist.history.get("time", []))
     if times:
         mean = sum(times) / len(times)
-        print("epoch times (s): " + ", ".join(f"{t:.1f}" for t in times)
-              + f"  (mean {mean:.1f}s, {len(train[0]) / mean:,.0f} samples/s)")
+        print(
+            "epoch times (s): "
+            + ", ".join(f"{t:.1f}" for t in times)
+            + f"  (mean {mean:.1f}s, {len(train[0]) / mean:,.0f} samples/s)"
+        )
     return hist, times
 
 

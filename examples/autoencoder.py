@@ -12,10 +12,8 @@ squared error per pixel (pixels in [0, 1], sigmoid outputs).
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
+from _common import fit_and_report, parser, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
 from nnx.datasets import mnist
@@ -55,17 +53,9 @@ def save_grid(originals, reconstructions, path: str, title: str = "") -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data", choices=["sample", "mnist"], default="sample")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = parser(__doc__, epochs=10, batch_size=128, lr=1e-3)
     p.add_argument("--out", default="autoencoder.png", help="PNG grid path (default: %(default)s)")
     p.add_argument("--digits", type=int, default=10, help="columns in the PNG grid")
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     args = p.parse_args(argv)
 
     xtr, xte = load(args.data)

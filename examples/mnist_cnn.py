@@ -12,12 +12,11 @@ Each epoch line shows the wall time (`time`), the process CPU seconds of its tra
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
-from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
+from _common import fit_and_report, parser, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
 from nnx.callbacks import Callback
@@ -53,22 +52,14 @@ class CpuTime(Callback):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data", choices=["sample", "mnist"], default="sample")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's (peak) learning rate")
+    p = parser(__doc__, epochs=5, batch_size=128, lr=1e-3)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="cosine: decay the learning rate to 0 over the run (default)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batchnorm", action="store_true",
                    help="Conv -> BatchNorm2d -> MaxPool -> ReLU blocks")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--no-eval-each-epoch", action="store_true",
                    help="evaluate on the test set only once, after the last epoch")
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     args = p.parse_args(argv)
 
     (xtr, ytr), (xte, yte) = load(args.data)

@@ -13,10 +13,8 @@ reads the four MNIST IDX files from NNX_DATA_DIR (or downloads them).
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
+from _common import fit_and_report, parser, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
 from nnx.datasets import mnist
@@ -31,19 +29,11 @@ def load(which: str):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data", choices=["sample", "mnist"], default="sample")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p = parser(__doc__, epochs=5, batch_size=128, lr=2e-3)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--no-eval-each-epoch", action="store_true",
                    help="evaluate on the test set only once, after the last epoch")
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     args = p.parse_args(argv)
 
     (xtr, ytr), (xte, yte) = load(args.data)

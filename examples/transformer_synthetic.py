@@ -11,21 +11,14 @@ test accuracy, and the final test accuracy.
 
 from __future__ import annotations
 
-import argparse
-
-from _common import fit_and_report, save_if_asked, warm_up  # examples/_common.py
+from _common import fit_and_report, parser, save_if_asked, warm_up  # examples/_common.py
 
 import nnx
 from nnx.models import transformer
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = parser(__doc__, epochs=8, batch_size=64, lr=1e-3, data=False)
     p.add_argument("--train", type=int, default=20000, help="training sequences")
     p.add_argument("--test", type=int, default=4000, help="test sequences")
     p.add_argument("--seq-len", type=int, default=16)
@@ -35,8 +28,6 @@ def main(argv=None) -> dict:
     p.add_argument("--mlp", type=int, default=64, help="mlp_dim")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
     args = p.parse_args(argv)
 
     xtr, ytr = transformer.synthetic_repeat_task(args.train, args.seq_len, args.vocab,
