@@ -1,19 +1,31 @@
-"""What the Numba kernel modules share: jit options, the serial/parallel threshold and the
-dtype/layout checks that decide whether a call runs in Numba or falls back to the reference."""
+"""What the Numba kernel modules share: jit options, the activation codes and the dtype/layout
+checks that decide whether a call runs in Numba or falls back to the reference. (How work is
+split and when it runs in parallel: `numba_dispatch.py`.)"""
 
 from __future__ import annotations
 
 import numpy as np
 
-# Below this many elements a kernel runs serially (measured: next to OpenBLAS's threads on 2
-# cores, thread launches cost more than they save on training-size arrays).
-PAR_MIN_ELEMS = 1 << 18
+from .reference import ACTIVATIONS
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan / ninf: keep NaN/inf exact
 # error_model="numpy": Numba's default zero-division check stops loops from vectorizing.
 SER = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 PAR = dict(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
+
+# Activation codes (frozen into the kernels as constants).
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX, GELU = range(7)
+ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+assert ACT_CODE == {
+    "identity": IDENTITY,
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+    "sigmoid": SIGMOID,
+    "tanh": TANH,
+    "softmax": SOFTMAX,
+    "gelu": GELU,
+}
 
 
 def contiguous(a):

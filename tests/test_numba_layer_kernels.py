@@ -21,15 +21,15 @@ pytest.importorskip("numba", reason="the numba backend needs Numba (pip install 
 hypothesis = pytest.importorskip("hypothesis", reason="these tests draw shapes with hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from nnx.kernels import numba_cpu, numba_layers  # noqa: E402
+from nnx.kernels import numba_cpu, numba_dispatch, numba_layers  # noqa: E402
 from nnx.kernels.numba_cpu import NumbaOps  # noqa: E402
 from nnx.kernels.reference import Ops  # noqa: E402
 from nnx.kernels.reference_layers import LayerKernels  # noqa: E402
 
+from nnx.layers import AvgPool2D, MaxPool2D  # noqa: E402
 from nnx.layers.batchnorm import BatchNorm1d, BatchNorm2d  # noqa: E402
 from nnx.layers.conv2d import Conv2D  # noqa: E402
 from nnx.layers.lstm import LSTM  # noqa: E402
-from nnx.layers.pooling import AvgPool2D, MaxPool2D  # noqa: E402
 from nnx.testing import gradcheck  # noqa: E402
 
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -48,7 +48,7 @@ def drivers(par):
     """The parallel drivers forced on (PAR_MIN_ELEMS = 0) when `par`."""
     with pytest.MonkeyPatch.context() as m:
         if par:
-            m.setattr(numba_layers, "PAR_MIN_ELEMS", 0)
+            m.setattr(numba_dispatch, "PAR_MIN_ELEMS", 0)  # the one chunk policy's threshold
         yield
 
 
