@@ -53,10 +53,10 @@ def pytest_generate_tests(metafunc):
     """Parametrize `bench_case` x `target` from the suites the module lists in SUITES."""
     if "bench_case" not in metafunc.fixturenames:
         return
-    from nnx.bench import cases
+    from nnx.bench.pytest_support import bench_cases
 
     suites = getattr(metafunc.module, "SUITES", None)
-    selected = cases(suites, quick=QUICK)
+    selected = bench_cases(suites, quick=QUICK)  # nnx.bench.default_registry()
     targets = list(_targets())
     params = [(c, t) for c in selected for t in targets]
     ids = [f"{c.name}[{t}]".replace(" ", "_") for c, t in params]

@@ -59,25 +59,21 @@ def measure(args, mode):
 
     comm = dist.init()
     size, rank = comm.size, comm.rank
-    if mode == "strong":
-        global_batch = args.batch_size
-        local = global_batch // size + (1 if rank < global_batch % size else 0)
-    else:
-        global_batch, local = args.batch_size * size, args.batch_size
-    rng = np.random.default_rng(rank)
-    x = rng.random((local, *input_shape(args.model)), dtype=np.float32)
-    y = rng.integers(0, 10, local)
     model = build(args.model, args.backend)
     opt = dist.DistributedOptimizer(nnx.SGD(0.01, momentum=0.9), comm, overlap=args.overlap,
                                     bucket_mb=args.bucket_mb, compression=args.compression)
     model.compile(opt, "softmax_cross_entropy")
+    global_batch = args.batch_size if mode == "strong" else args.batch_size * size
+    # as fit does: this rank's share of the global batch (the strategy's split), and a step
+    # told the global size, so that the gradient is weighted local / global
+    local = len(opt.strategy.split_batch(np.arange(global_batch)))
+    rng = np.random.default_rng(rank)
+    x = rng.random((local, *input_shape(args.model)), dtype=np.float32)
+    y = rng.integers(0, 10, local)
     xb, yb = model.ops.asarray(x), model.loss.device_targets(model.ops, y)
 
-    everything = np.arange(global_batch)
-
     def step():
-        opt.local_batch(everything)  # as fit does: this rank's share, weighted local / global
-        model._step(xb, yb)
+        model.trainer.step(xb, yb, global_batch)
         model.ops.synchronize()
 
     for _ in range(args.warmup):

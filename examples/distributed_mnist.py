@@ -56,8 +56,10 @@ def main(argv=None):
     elif args.sync_bn:
         options["batchnorm"] = True
     model = zoo.build(backend=args.backend, seed=args.seed, **options)
-    if args.sync_bn:
-        dist.sync_batchnorm(model)
+    if args.sync_bn:  # the same layers with SyncBatchNorm for BatchNorm2d, in a new model
+        layers = nnx.layers.layer_from_dict(nnx.layers.layer_to_dict(model.net))
+        model = nnx.Sequential(dist.sync_batchnorm(layers), backend=args.backend,
+                               seed=args.seed, name=model.name)
     (xtr, ytr), (xte, yte) = load_data(args.data, zoo.INPUT)
     if args.sharded:
         xtr, ytr = dist.shard(xtr, ytr, comm=comm, seed=args.seed)

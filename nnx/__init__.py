@@ -11,6 +11,7 @@ from . import (
     compat,  # noqa: F401  (sets OMP_WAIT_POLICY before any parallel launch)
     datasets,
     distributed,
+    hooks,
     initializers,
     layers,
     losses,
@@ -30,7 +31,6 @@ from .backend import (
     use_backend,
 )
 from .callbacks import EarlyStopping, History, ModelCheckpoint, ProgressBar
-from .checkpoint import load
 from .errors import (
     BackendUnavailableError,
     CheckpointError,
@@ -41,9 +41,10 @@ from .errors import (
     TrainingDivergedError,
     UnknownNameError,
 )
+from .hooks import StepHooks
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
-from .model import Model, Sequential
+from .model import Model, Sequential, load
 from .optim import SGD, Adam, AdamW, CosineDecay, StepDecay
 from .regularizers import L1, L1L2, L2
 
@@ -68,6 +69,7 @@ __all__ = [
     "NNXError",
     "ProgressBar",
     "SGD",
+    "StepHooks",
     "Sequential",
     "ShapeError",
     "StepDecay",
@@ -80,6 +82,7 @@ __all__ = [
     "distributed",
     "get_backend",
     "get_ops",
+    "hooks",
     "initializers",
     "layers",
     "load",

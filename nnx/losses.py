@@ -89,11 +89,25 @@ class SoftmaxCrossEntropy(Loss):
     has_accuracy = True
 
     def __call__(self, ops, output, targets):
+        if output.ndim != 2 or targets.ndim not in (1, 2) or \
+                targets.shape[0] != output.shape[0] or \
+                (targets.ndim == 2 and targets.shape[1] != output.shape[1]):
+            raise ShapeError(
+                f"softmax_cross_entropy: expected logits (N, C) with labels (N,) or targets "
+                f"(N, C), got logits {tuple(output.shape)} and targets {tuple(targets.shape)}"
+            )
         return ops.softmax_cross_entropy(output, targets)
 
     def check_targets(self, y, output_shape, arg="y"):
         y = super().check_targets(y, output_shape, arg)
         classes = output_shape[-1]
+        if len(output_shape) != 1:
+            raise ShapeError(
+                f"{arg}: softmax_cross_entropy expects logits of shape (N, classes); the model "
+                f"outputs (N, {', '.join(map(str, output_shape))}) and the targets have shape "
+                f"{y.shape} (per-timestep targets are not supported yet: flatten the time axis "
+                "into the batch, or end the model with a layer that outputs (N, classes))"
+            )
         if y.ndim == 1:
             if y.dtype.kind not in "iu":
                 raise InputError(

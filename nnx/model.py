@@ -1,26 +1,31 @@
 """Model and Sequential: compile / fit / evaluate / predict, train_step, loss_and_grads,
 get/set_weights, save/load.
 
-A training step as data walks it: each layer's forward (backend ops) -> the loss's fused
-forward+backward -> each layer's backward in reverse, writing into the flat gradient buffer ->
-regularizer gradients -> one optimizer update over the flat buffers. The loss stays on the
-backend (a 0-d array) until a value is actually needed, so a GPU step has no host sync.
+The model owns its layers (one model per layer; a layer used twice is tied), its flat parameter
+store, its optimizer and loss, and the hooks of its training step (`nnx.hooks`). The step and
+the epoch loop live in `nnx.training`; checkpoint files are read and written by
+`nnx.checkpoint`, and the model assembles itself from them in `nnx.model_io`.
 """
 
 from __future__ import annotations
 
-import time
+import itertools
 
 import numpy as np
 
 from . import losses as losses_mod
+from . import model_io
 from . import optim as optim_mod
 from .backend import resolve
 from .callbacks import CallbackList, History, ProgressBar
-from .errors import InputError, ShapeError, TrainingDivergedError
-from .layers.base import Layer
+from .errors import InputError, ShapeError
+from .hooks import HookList, StepHooks, notify_model_use
+from .layers.base import Layer, _snake
 from .layers.container import Chain
 from .params import ParameterStore
+from .training import Trainer
+
+_model_counters: dict[str, itertools.count] = {}
 
 
 class Model:
@@ -36,16 +41,22 @@ class Model:
     ):
         if not isinstance(net, Layer):
             raise TypeError(f"Model expects an nnx Layer, got {type(net).__name__}")
+        kind = _snake(type(self).__name__)
+        self.name = name or f"{kind}_{next(_model_counters.setdefault(kind, itertools.count(1)))}"
         self.net = net
         self.seed = seed
-        self.name = name or "model"
         self.ops = resolve(backend, seed=seed, dtype=dtype)
-        self.store = ParameterStore(net, self.ops, seed)
+        self.store = ParameterStore(net, self.ops, seed, owner=self)
         self.optimizer = None
         self.loss = None
         self.metrics: tuple = ()
         self.stop_training = False
-        self.step_callback = None  # hook for the profiler / distributed wrapper
+        self.hooks = HookList()
+        self._optimizer_hooks: list = []
+        self.trainer = Trainer(self)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__} {self.name!r}"
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -54,26 +65,68 @@ class Model:
 
     @property
     def layers(self) -> list[Layer]:
-        return list(self.net.leaves())
+        """The leaf layers, each once (a tied layer at its first use)."""
+        return [layer for layer in self.store.layers if not layer.sublayers()]
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process prints progress and writes checkpoints (all hooks agree)."""
+        return self.hooks.is_chief
+
+    # -- the training step's seam -----------------------------------------------------------
+    def add_hooks(self, hooks: StepHooks) -> StepHooks:
+        """Add a `nnx.hooks.StepHooks` object to every following step; returns it."""
+        self.hooks.add(hooks)
+        hooks.attach(self)
+        return hooks
+
+    def remove_hooks(self, hooks: StepHooks) -> None:
+        if any(h is hooks for h in self.hooks):
+            self.hooks.remove(hooks)
+            hooks.detach(self)
+
+    def bind_ops(self, ops):
+        """Run the model's layers, loss and optimizer on `ops` (an Ops object, or a wrapper of
+        this model's Ops such as the profiler's); returns the previous one. Parameters, buffers
+        and optimizer state stay where they are, so `ops` must use the same device and dtype."""
+        previous = self.ops
+        if getattr(ops, "dtype", None) != previous.dtype:
+            raise ValueError(f"bind_ops: expected ops with dtype {previous.dtype}, got "
+                             f"{getattr(ops, 'dtype', None)}")
+        self.store.rebind(ops)
+        self.ops = ops
+        if self.optimizer is not None:
+            self.optimizer.ops = ops
+        return previous
 
     def count_params(self) -> int:
         return self.store.count
 
     # -- configuration --------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss="softmax_cross_entropy", metrics=("accuracy",)):
-        self.optimizer = optim_mod.get(optimizer)
-        self.optimizer.setup(self.ops, self.store.size)
-        self.optimizer.attach(self)
-        self.loss = losses_mod.get(loss)
-        metrics = tuple(metrics or ())
+    def compile(self, optimizer="adam", loss="softmax_cross_entropy", metrics=None):
+        """Set the optimizer, the loss and the metrics. `metrics=None` reports accuracy for
+        classification losses and nothing else for the others. Everything is validated before
+        the model changes, so a failed compile leaves the previous one in place."""
+        optimizer = optim_mod.get(optimizer)
+        loss = losses_mod.get(loss)
+        if metrics is None:
+            metrics = ("accuracy",) if loss.has_accuracy else ()
+        metrics = tuple(metrics)
         for m in metrics:
             if m != "accuracy":
                 raise ValueError(f"unknown metric {m!r}; expected one of: accuracy")
-            if not self.loss.has_accuracy:
-                raise ValueError(
-                    f"metric 'accuracy' needs a classification loss, not {self.loss.name}"
-                )
+            if not loss.has_accuracy:
+                raise ValueError(f"metric 'accuracy' needs a classification loss, not {loss.name}")
+        for h in self._optimizer_hooks:  # a recompile replaces the previous optimizer's hooks
+            self.remove_hooks(h)
+        self._optimizer_hooks = []
+        self.optimizer = optimizer
+        self.optimizer.setup(self.ops, self.store.size)
+        self.optimizer.attach(self)
+        self.loss = loss
         self.metrics = metrics
+        for h in self.optimizer.step_hooks():
+            self._optimizer_hooks.append(self.add_hooks(h))
         return self
 
     def _require_compiled(self, what: str):
@@ -110,48 +163,25 @@ class Model:
         return x, y
 
     # -- one step -------------------------------------------------------------------------
-    def _forward_backward(self, xb, yb):
-        """Forward, loss, backward into the flat grad buffer. Returns (loss, output) on device."""
-        out = self.net.forward(xb, training=True)
-        loss, dout = self.loss(self.ops, out, yb)
-        self.net.backward(dout, need_dx=False)
-        for layer, spec in self.store.regularized():
-            W = layer.params[spec.name]
-            loss = loss + spec.regularizer.penalty(self.ops, W)
-            spec.regularizer.add_grad(self.ops, layer.grads[spec.name], W)
-        return loss, out
-
-    def _step(self, xb, yb):
-        loss, out = self._forward_backward(xb, yb)
-        self.optimizer.update(self.store.params, self.store.grads)
-        return loss, out
-
     def train_step(self, x, y) -> float:
         """One optimizer step on one batch (host or backend arrays); returns the loss."""
         self._require_compiled("train_step")
-        if self.optimizer is None:
-            raise RuntimeError("call model.compile(optimizer, loss) before train_step")
+        notify_model_use(self)
         x, y = self._check_xy(x, y)
-        loss, _ = self._step(self.ops.asarray(x), self.loss.device_targets(self.ops, y))
-        return self._finite_loss(loss)
+        loss, _ = self.trainer.step(self.ops.asarray(x), self.loss.device_targets(self.ops, y))
+        return self.trainer.check_running(loss, 1)
 
     def loss_and_grads(self, x, y):
         """(loss, grads) for one batch without updating; grads are host arrays aligned with
         get_weights()."""
         self._require_compiled("loss_and_grads")
+        notify_model_use(self)
         x, y = self._check_xy(x, y)
-        loss, _ = self._forward_backward(self.ops.asarray(x), self.loss.device_targets(self.ops, y))
+        loss, _ = self.trainer.forward_backward(
+            self.ops.asarray(x), self.loss.device_targets(self.ops, y)
+        )
         grads = [self.ops.to_host(layer.grads[name]).copy() for layer, name in self.store.views()]
         return self.ops.to_float(loss), grads
-
-    def _finite_loss(self, loss) -> float:
-        value = self.ops.to_float(loss)
-        if not np.isfinite(value):
-            raise TrainingDivergedError(
-                f"training loss became {value} at optimizer step {self.optimizer.step}: "
-                "lower the learning rate, check the inputs for extreme values, or scale them"
-            )
-        return value
 
     # -- fit / evaluate / predict ---------------------------------------------------------
     def fit(
@@ -165,97 +195,55 @@ class Model:
         callbacks=None,
         verbose: int = 1,
         check_every: int | None = None,
+        initial_epoch: int = 0,
     ):
         """Train for `epochs` passes over (x, y); returns a History.
 
-        The loss is read back to the host (and checked for NaN) every `check_every` batches:
-        every batch on CPU backends, where it costs nothing, every 50 on a GPU."""
+        `initial_epoch` numbers the epochs of a resumed run on (epochs initial_epoch ..
+        epochs-1 run). The loss is read back to the host (and checked for NaN) every
+        `check_every` batches: every batch on CPU backends, where it costs nothing, every 50 on
+        a GPU."""
         self._require_compiled("fit")
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        notify_model_use(self)
+        for arg, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                            ("initial_epoch", initial_epoch, 0)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+                what = "a positive int" if low else "a non-negative int"
+                raise ValueError(f"{arg} must be {what}, got {v!r}")
+        if initial_epoch > epochs:
+            raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
         x, y = self._check_xy(x, y)
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val)")
             validation_data = self._check_xy(*validation_data, arg="validation_data")
         check_every = check_every or (1 if self.ops.on_host else 50)
+        plan = {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
+                "initial_epoch": int(initial_epoch)}
+        self.hooks.call("begin_fit", self, x, y, plan)
         n = len(x)
         history = History()
         cbs = CallbackList(list(callbacks or []) + [history], self)
-        if verbose and self.optimizer.is_chief:
+        if verbose and self.is_chief:
             cbs.append(ProgressBar(verbose))
         xd, yd = self.ops.device_dataset(x), self.ops.device_dataset(y)
-        order_rng = self._shuffle_generator()
         self.stop_training = False
         cbs.on_train_begin({"epochs": epochs, "samples": n, "batch_size": batch_size})
-        # Overflow on the way to a diverged loss is reported by the NaN check below, with advice,
+        # Overflow on the way to a diverged loss is reported by the NaN check, with advice,
         # instead of as a stream of NumPy RuntimeWarnings.
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._fit_epochs(
-                cbs, xd, yd, n, epochs, batch_size, shuffle, check_every, validation_data, order_rng
-            )
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.trainer.run_epochs(cbs, xd, yd, n, plan, check_every, validation_data)
+        finally:
+            self.hooks.call_reversed("end_fit", self)
         cbs.on_train_end()
         return history
-
-    def _fit_epochs(
-        self, cbs, xd, yd, n, epochs, batch_size, shuffle, check_every, validation_data, order_rng
-    ):
-        for epoch in range(epochs):
-            cbs.on_epoch_begin(epoch)
-            t0 = time.perf_counter()
-            order = order_rng.permutation(n) if shuffle else np.arange(n)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for bi, start in enumerate(range(0, n, batch_size)):
-                idx = self.optimizer.local_batch(order[start : start + batch_size])
-                xb = self.ops.take_batch(xd, idx)
-                yb = self.loss.device_targets(self.ops, self.ops.take_batch(yd, idx))
-                loss, out = self._step(xb, yb)
-                m = len(xb)
-                loss_sum = loss_sum + loss * m
-                if self.metrics:
-                    correct = correct + self.loss.correct(self.ops, out, yb)
-                seen += m
-                if (bi + 1) % check_every == 0:
-                    self._check_running(loss_sum, seen)
-                cbs.on_batch_end(bi, {"seen": seen, "loss_sum": loss_sum, "correct": correct})
-                if self.stop_training:
-                    break
-            loss_sum, correct, seen = self.optimizer.reduce_sums([loss_sum, correct, seen])
-            logs = {"loss": self._check_running(loss_sum, seen)}
-            if self.metrics:
-                logs["accuracy"] = self.ops.to_float(correct) / max(seen, 1)
-            logs["time"] = time.perf_counter() - t0
-            logs["samples_per_s"] = seen / logs["time"] if logs["time"] > 0 else float("inf")
-            if validation_data is not None:
-                for k, v in self._evaluate(
-                    *validation_data, batch_size=max(batch_size, 256)
-                ).items():
-                    logs["val_" + k] = v
-            cbs.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-
-    def _shuffle_generator(self):
-        """The epoch-order generator: seeded from the model's seed once and kept across fit
-        calls (fit(epochs=1) called twice shuffles differently each time); rebuilt only when
-        the seed changes (a distributed wrapper broadcasts rank 0's seed)."""
-        if getattr(self, "_order_seed", object()) != self.seed:
-            self._order_rng = np.random.default_rng(self.seed)
-            self._order_seed = self.seed
-        return self._order_rng
-
-    def _check_running(self, loss_sum, seen) -> float:
-        value = self.ops.to_float(loss_sum) / max(seen, 1)
-        if not np.isfinite(value):
-            raise TrainingDivergedError(
-                f"training loss became {value} at optimizer step {self.optimizer.step}: "
-                "lower the learning rate, check the inputs for extreme values, or scale them"
-            )
-        return value
 
     def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0) -> dict:
         """{'loss': ..., 'accuracy': ...} over (x, y), in inference mode."""
         self._require_compiled("evaluate")
+        notify_model_use(self)
+        _check_batch_size(batch_size)
         x, y = self._check_xy(x, y)
         result = self._evaluate(x, y, batch_size)
         if verbose:
@@ -264,14 +252,15 @@ class Model:
 
     def _evaluate(self, x, y, batch_size):
         loss_sum, correct = 0.0, 0
-        for start in range(0, len(x), batch_size):
-            xb = self.ops.asarray(x[start : start + batch_size])
-            yb = self.loss.device_targets(self.ops, y[start : start + batch_size])
-            out = self.net.forward(xb, training=False)
-            loss, _ = self.loss(self.ops, out, yb)
-            loss_sum = loss_sum + loss * len(xb)
-            if self.metrics:
-                correct = correct + self.loss.correct(self.ops, out, yb)
+        with self.hooks.observing():
+            for start in range(0, len(x), batch_size):
+                xb = self.ops.asarray(x[start : start + batch_size])
+                yb = self.loss.device_targets(self.ops, y[start : start + batch_size])
+                out = self.net.forward(xb, training=False)
+                loss, _ = self.loss(self.ops, out, yb)
+                loss_sum = loss_sum + loss * len(xb)
+                if self.metrics:
+                    correct = correct + self.loss.correct(self.ops, out, yb)
         result = {"loss": self.ops.to_float(loss_sum) / max(len(x), 1)}
         if self.metrics:
             result["accuracy"] = self.ops.to_float(correct) / max(len(x), 1)
@@ -279,16 +268,23 @@ class Model:
 
     def predict(self, x, batch_size: int = 256):
         """Outputs for x in inference mode, as a NumPy array on the host."""
+        notify_model_use(self)
+        _check_batch_size(batch_size)
         x = self._check_x(x)
-        outs = [
-            self.ops.to_host(self.net.forward(self.ops.asarray(x[s : s + batch_size])))
-            for s in range(0, len(x), batch_size)
-        ]
-        return np.concatenate(outs) if outs else np.zeros((0,))
+        with self.hooks.observing():
+            outs = [
+                self.ops.to_host(self.net.forward(self.ops.asarray(x[s : s + batch_size])))
+                for s in range(0, len(x), batch_size)
+            ]
+        if outs:
+            return np.concatenate(outs)
+        return np.zeros((0, *self._output_shape(x)), dtype=self.ops.dtype)
 
     def __call__(self, x, training: bool = False):
         """Forward on backend arrays (no host copy), for composing with user code."""
-        return self.net.forward(self.ops.asarray(x), training)
+        notify_model_use(self)
+        with self.hooks.observing():
+            return self.net.forward(self.ops.asarray(x), training)
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list:
@@ -337,22 +333,17 @@ class Model:
         """Write weights, architecture and optimizer state atomically (see nnx.checkpoint).
 
         Under data parallelism only the chief process (rank 0) writes."""
-        from .checkpoint import save
-
-        if self.optimizer is not None and not self.optimizer.is_chief:
+        if not self.is_chief:
             return
-        save(self, path)
+        model_io.save(self, path)
+
+    @classmethod
+    def load(cls, path, backend=None) -> Model:
+        """Rebuild a model saved by `save` (on `backend`, or the current choice)."""
+        return model_io.load(path, backend, {"Model": Model, "Sequential": Sequential})
 
     def get_config(self) -> dict:
-        from .layers.base import layer_to_dict
-
-        return {
-            "net": layer_to_dict(self.net),
-            "seed": self.seed,
-            "name": self.name,
-            "dtype": str(self.ops.dtype),
-            "model_class": type(self).__name__,
-        }
+        return model_io.model_config(self)
 
     # -- display --------------------------------------------------------------------------
     def summary(self, input_shape: tuple | None = None, print_fn=print) -> str:
@@ -382,6 +373,17 @@ class Model:
         if print_fn:
             print_fn(out)
         return out
+
+
+def _check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def load(path, backend=None) -> Model:
+    """Rebuild a model from a checkpoint written by `Model.save` (see nnx.checkpoint)."""
+    return Model.load(path, backend)
 
 
 class Sequential(Model):

@@ -85,19 +85,13 @@ class Optimizer:
             if name not in self.state or self.state[name].shape != (size,):
                 self.state[name] = ops.zeros(size)
 
-    # -- hooks for data-parallel wrappers (nnx.distributed); identity for one process -----
-    is_chief = True  # the process that prints progress and writes checkpoints
-
     def attach(self, model) -> None:
         """Called by Model.compile once the model's flat buffers exist."""
 
-    def local_batch(self, index):
-        """The part of a global batch (an index array) this process computes."""
-        return index
-
-    def reduce_sums(self, values: list) -> list:
-        """Sum per-process running totals (loss*count, correct, seen) across processes."""
-        return values
+    def step_hooks(self) -> list:
+        """`nnx.hooks.StepHooks` this optimizer brings to the model's training step (a
+        data-parallel optimizer brings its strategy); none for a plain optimizer."""
+        return []
 
     def update(self, params, grads) -> None:
         self.step += 1

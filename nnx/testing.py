@@ -45,7 +45,9 @@ def avoid_kinks(x, margin: float = 0.05, rng=None):
 
 
 def build(layer: Layer, backend="numpy", dtype="float64", seed: int = 0):
-    """Bind a standalone layer to a fresh backend with initialized parameters."""
+    """Build a standalone layer on a fresh backend with initialized parameters; returns
+    (ops, store). The layer belongs to the returned store while the store lives (a layer that
+    belongs to a model cannot be built again: copy it with layer_from_dict(layer_to_dict(l)))."""
     ops = get_ops(backend, seed=seed, dtype=dtype) if isinstance(backend, str) else backend
     store = ParameterStore(layer, ops, seed)
     return ops, store
@@ -102,11 +104,12 @@ def gradcheck(
         ops.seed(seed)  # same dropout mask on every evaluation
         return layer.forward(xd, training=training)
 
-    y = run(x_dev)
+    ops.seed(seed)
+    y, backprop = layer.begin_update(x_dev, training=training)
     dy = rng.standard_normal(tuple(y.shape))
     dy_dev = ops.asarray(dy)
     store.grads[...] = 0
-    dx = layer.backward(dy_dev, need_dx=True)
+    dx = backprop(dy_dev, need_dx=True)
     dx_host = ops.to_host(dx).astype(np.float64)
     grads = {
         f"{lyr.name}.{n}": ops.to_host(lyr.grads[n]).astype(np.float64).ravel().copy()
@@ -201,10 +204,10 @@ def assert_backends_agree(
     def run(name):
         lyr = layer_from_dict(copy.deepcopy(spec))
         ops, store = build(lyr, name, dtype, seed)  # same seed: same weights on every backend
-        y = lyr.forward(ops.asarray(np.asarray(x, dtype=dtype)), training=training)
+        y, backprop = lyr.begin_update(ops.asarray(np.asarray(x, dtype=dtype)), training=training)
         dy = np.random.default_rng(seed + 1).standard_normal(tuple(y.shape))
         store.grads[...] = 0
-        dx = lyr.backward(ops.asarray(dy), need_dx=True)
+        dx = backprop(ops.asarray(dy), need_dx=True)
         grads = [ops.to_host(l_.grads[n]) for l_, n in store.views()]
         bufs = [ops.to_host(v) for leaf in lyr.leaves() for v in leaf.buffers.values()]
         return [ops.to_host(y), ops.to_host(dx), *grads, *bufs]

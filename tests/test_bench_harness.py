@@ -1,11 +1,13 @@
 """The benchmark harness's own correctness (nnx.bench): statistics, FLOP counts, compare(),
-JSON round trip, tables, the runner, and `nnx bench --quick` end to end. Timings themselves are
-not asserted: this runs on noisy CI machines."""
+JSON round trip, tables, the runner, suite registration and the import graph, and `nnx bench
+--quick` end to end. Timings themselves are not asserted: this runs on noisy CI machines."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import pytest
 import nnx
 from nnx import bench
 from nnx.bench import report
-from nnx.bench.registry import Case, Skip, Target, gemm_flops
+from nnx.bench import suites as builtin_suites
+from nnx.bench.registry import Case, Skip, SuiteRegistry, Target, gemm_flops, suite
 from nnx.bench.runner import RunConfig, run_case
 from nnx.bench.timing import HostClock, Stats, calibrate, quantile
 
@@ -81,6 +84,109 @@ def test_every_suite_builds_in_both_modes():
     for quick in (True, False):
         cs = bench.cases(quick=quick)
         assert len({c.name for c in cs}) == len(cs), "case names must be unique"
+
+
+# -- registration ---------------------------------------------------------------------------------
+def test_suites_are_registered_explicitly():
+    # importing the suite modules registered nothing: a fresh registry is empty
+    fresh = SuiteRegistry()
+    assert len(fresh) == 0 and fresh.names() == []
+    assert builtin_suites.register_all(fresh) is fresh
+    assert fresh.names() == bench.suite_names() == [fn.suite_name for fn in builtin_suites.SUITES]
+    assert bench.default_registry() is bench.default_registry()
+    for name in fresh.names():
+        assert fresh.help(name) and bench.suite_help(name) == fresh.help(name)
+    quick = [c.name for c in fresh.cases(quick=True)]
+    assert quick == [c.name for c in bench.cases(quick=True)]
+    # every module lists its suites; each suite's cases carry its name
+    for module in builtin_suites.MODULES:
+        assert module.SUITES, module.__name__
+        for fn in module.SUITES:
+            assert {c.suite for c in fn(True)} == {fn.suite_name}
+
+
+def test_registry_add_rejects_duplicates_and_unknown_names():
+    @suite("toy", "a toy suite")
+    def toy(quick):
+        return [Case("toy case", "toy", lambda t: (lambda: None))]
+
+    reg = SuiteRegistry([toy])
+    assert reg.names() == ["toy"] and reg.help("toy") == "a toy suite" and "toy" in reg
+    reg.add(toy)  # the same function again: no-op
+    assert [c.name for c in reg.cases()] == ["toy case"]
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add(lambda quick: [], name="toy")
+    with pytest.raises(ValueError, match="no name"):
+        reg.add(lambda quick: [])
+    with pytest.raises(nnx.UnknownNameError, match="nope"):
+        reg.cases(["nope"])
+    assert "toy" not in bench.suite_names()  # a registry of one's own leaves the default alone
+
+
+BENCH_ROOT = Path(bench.__file__).resolve().parent
+
+
+def _bench_module_imports() -> dict[str, set[str]]:
+    """{module: nnx modules it imports, at any level (function-level imports included)} for
+    nnx.bench.*, nnx.commands.bench/info and nnx.sysinfo."""
+    nnx_root = BENCH_ROOT.parent
+    files = {p: "nnx.bench." + ".".join(p.relative_to(BENCH_ROOT).with_suffix("").parts)
+             for p in BENCH_ROOT.rglob("*.py")}
+    files = {p: m.removesuffix(".__init__") for p, m in files.items()}
+    for extra in ("commands/bench.py", "commands/info.py", "sysinfo.py"):
+        files[nnx_root / extra] = "nnx." + extra.removesuffix(".py").replace("/", ".")
+    graph = {}
+    for path, mod in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                deps.add(base)
+                deps.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+        graph[mod] = {d for d in deps if d in files.values() and d != mod}
+    return graph
+
+
+def test_bench_imports_have_no_cycles():
+    graph = _bench_module_imports()
+    assert "nnx.bench.suites" in graph and "nnx.bench.suites.models" in graph
+    # library code never imports CLI code
+    for mod, deps in graph.items():
+        if not mod.startswith("nnx.commands"):
+            assert not {d for d in deps if d.startswith("nnx.commands")}, mod
+    # no module reaches itself (a package importing its own submodules is not a cycle; a
+    # submodule importing its package back is)
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"import cycle through {start}"
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+
+
+def test_layer_and_model_cases_run_once_on_numpy():
+    """conv2d, lstm, mlp and cnn use the layer contract (begin_update + backprop) and
+    model.trainer.step: one call of each quick case on numpy."""
+    t = Target("numpy")
+    for case in bench.cases(["conv2d", "lstm", "mlp", "cnn"], quick=True):
+        out = case.setup(t)()
+        if case.name.startswith("conv2d_bwd"):
+            p = case.params
+            assert out.shape == (8, p["C"], p["H"], p["W"]), case.name
+        elif case.name.startswith("lstm"):
+            assert out.shape == (8, 5, 8), case.name
+        elif "train step" in case.name:
+            loss, output = out
+            assert np.isfinite(t.ops.to_float(loss)) and output.shape[-1] == 10, case.name
 
 
 # -- compare() ------------------------------------------------------------------------------------

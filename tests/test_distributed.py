@@ -24,6 +24,7 @@ from nnx import compat
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "mpi_scripts"
 TIMEOUT = 120
+LAUNCH_VARS = dist.launch.SIZE_VARS + dist.launch.RANK_VARS  # what an MPI launcher sets
 
 
 def _mpiexec() -> str | None:
@@ -44,7 +45,7 @@ def mpirun(args, n=2, timeout=TIMEOUT):
         env[var] = "1"
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
-    for var in dist._SIZE_VARS + dist._RANK_VARS:  # pytest itself may run under a launcher
+    for var in LAUNCH_VARS:  # pytest itself may run under a launcher
         env.pop(var, None)
     cmd = [MPIEXEC, "-n", str(n), *args]
     t0 = time.perf_counter()
@@ -72,6 +73,15 @@ def test_mpi_script(script):
     rc, out, err, _ = run_script(f"{script}.py")
     assert rc == 0, f"stdout:\n{out}\nstderr:\n{err}"
     assert f"OK {script}" in out, out
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_mpi_empty_share_with_sync_batchnorm():
+    """Three ranks, so that a global batch of 2 leaves one rank without samples."""
+    rc, out, err, _ = run_script("empty_share.py", n=3)
+    assert rc == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "OK empty_share" in out, out
 
 
 FAILURES = {
@@ -114,9 +124,9 @@ def test_cli_train_distributed(tmp_path):
 # -- the world of one, in this process ------------------------------------------------------------
 @pytest.fixture
 def world_of_one(monkeypatch):
-    for var in dist._SIZE_VARS + dist._RANK_VARS + ("NNX_DISTRIBUTED",):
+    for var in LAUNCH_VARS + ("NNX_DISTRIBUTED",):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(dist, "_WORLD", {})
+    monkeypatch.setattr(dist.launch, "_WORLD", {})
     return dist.init()
 
 
@@ -166,7 +176,7 @@ def test_local_collectives(world_of_one):
 
 def test_no_mpi4py_needed_outside_mpiexec():
     """`import nnx.distributed` and init() outside mpiexec never import mpi4py."""
-    env = {k: v for k, v in os.environ.items() if k not in dist._SIZE_VARS + dist._RANK_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     code = ("import sys, nnx.distributed as d; c = d.init(); "
             "assert 'mpi4py' not in sys.modules, 'mpi4py imported'; print(c.size)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -175,7 +185,7 @@ def test_no_mpi4py_needed_outside_mpiexec():
 
 
 def test_missing_mpi4py_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(dist, "_WORLD", {})
+    monkeypatch.setattr(dist.launch, "_WORLD", {})
     monkeypatch.setattr(compat, "has_mpi4py", False)
     monkeypatch.setenv("PMI_SIZE", "4")
     with pytest.raises(dist.DistributedError, match="pip install mpi4py"):
@@ -238,7 +248,7 @@ def test_buckets_follow_layers_in_reverse(world_of_one):
     model.compile(opt, "softmax_cross_entropy")
     layers = model.layers
     spans = [(b.lo, b.hi, [layers.index(la) for la in b.layers], b.deferred)
-             for b in opt._buckets]
+             for b in opt.strategy.buckets]
     # the last layer first, the regularized one last; together they tile the flat buffer
     assert [s[2] for s in spans] == [[2], [0], [1]]
     assert spans[-1][3] and not spans[0][3]
@@ -247,7 +257,7 @@ def test_buckets_follow_layers_in_reverse(world_of_one):
     big = dist.DistributedOptimizer(nnx.SGD(), overlap=True)
     model2 = nnx.Sequential([nnx.Dense(20, 16), nnx.Dense(16, 3)], seed=0)
     model2.compile(big, "softmax_cross_entropy")
-    assert len(big._buckets) == 1
+    assert len(big.strategy.buckets) == 1
 
 
 def test_shard_in_a_world_of_one(world_of_one):
@@ -259,22 +269,182 @@ def test_shard_in_a_world_of_one(world_of_one):
         dist.shard(x, y[:5])
 
 
-def test_sync_batchnorm_is_batchnorm_in_one_process(world_of_one):
+def _bn_layers(norm=None):
     from nnx.layers.batchnorm import BatchNorm1d
 
+    norm = norm or BatchNorm1d
+    return [nnx.Dense(20, 16, use_bias=False), norm(16), nnx.ReLU(), nnx.Dense(16, 3)]
+
+
+def test_sync_batchnorm_is_batchnorm_in_one_process(world_of_one):
     x, y = _data(40)
-
-    def build():
-        return nnx.Sequential([nnx.Dense(20, 16, use_bias=False), BatchNorm1d(16), nnx.ReLU(),
-                               nnx.Dense(16, 3)], seed=3, dtype="float64")
-
-    ref, model = build(), build()
-    assert dist.sync_batchnorm(model) == 1 and isinstance(model.layers[1], dist.SyncBatchNorm)
+    ref = nnx.Sequential(_bn_layers(), seed=3, dtype="float64")
+    layers = dist.sync_batchnorm(_bn_layers())
+    assert [type(la).__name__ for la in layers] == ["Dense", "SyncBatchNorm", "ReLU", "Dense"]
+    model = nnx.Sequential(layers, seed=3, dtype="float64")
     ref.compile(nnx.Adam(0.01), "softmax_cross_entropy")
     model.compile(dist.DistributedOptimizer(nnx.Adam(0.01)), "softmax_cross_entropy")
+    assert model.layers[1].sync is None  # a world of one: no peers, the fused kernels
     ref.fit(x, y, epochs=2, batch_size=8, verbose=0)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
         assert np.array_equal(a, b)
+    for a, b in zip(model.get_buffers().values(), ref.get_buffers().values(), strict=True):
+        assert np.array_equal(a, b)
     layer = dist.SyncBatchNorm(4)
     assert nnx.layers.layer_from_dict(nnx.layers.layer_to_dict(layer)).num_features == 4
+    assert nnx.layers.SyncBatchNorm is dist.SyncBatchNorm
+
+
+class _EchoComm:
+    """Peers that contribute nothing: the reduced sums are this process's own, so SyncBatchNorm's
+    "from sums" path (the one it takes with peers) must equal plain batch norm."""
+
+    size = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def allreduce(self, x, inplace=False):
+        self.calls += 1
+        return x
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (6, 5, 4), (4, 5, 3, 3)])
+def test_sync_batchnorm_from_sums_equals_batchnorm(shape):
+    from nnx.layers.batchnorm import BatchNorm1d, BatchNorm2d
+    from nnx.testing import build
+
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    plain = BatchNorm2d(5) if len(shape) == 4 else BatchNorm1d(5)
+    sync = dist.SyncBatchNorm(5)
+    stores = [build(layer)[1] for layer in (plain, sync)]  # float64; alive while tested
+    for layer in (plain, sync):
+        layer.params["gamma"][...] = np.linspace(0.5, 1.5, 5)
+        layer.params["beta"][...] = np.linspace(-1, 1, 5)
+    comm = _EchoComm()
+    sync.use_sync(dist.SyncContext(comm, weight=1.0))
+    assert not sync.fused_training()
+    for _ in range(2):  # twice: the running statistics follow too
+        y_ref, bp_ref = plain.begin_update(x, training=True)
+        y, bp = sync.begin_update(x, training=True)
+        assert np.allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+        assert np.allclose(bp(dy), bp_ref(dy), rtol=1e-10, atol=1e-12)
+        for k in ("gamma", "beta"):
+            assert np.allclose(sync.grads[k], plain.grads[k], rtol=1e-12, atol=1e-12)
+        for k in ("running_mean", "running_var"):
+            assert np.allclose(sync.buffers[k], plain.buffers[k], rtol=1e-12, atol=1e-14)
+    assert comm.calls == 6  # per step: sums, centred squares, gradient sums
+    assert np.allclose(sync.forward(x), plain.forward(x), rtol=1e-12)  # inference: no peers
+    assert comm.calls == 6
+    sync.use_sync(None)
+    assert sync.fused_training()
+    with pytest.raises(TypeError, match="SyncContext"):
+        sync.use_sync(comm)
+    del stores
+
+
+def test_sync_batchnorm_converts_layers_not_models(world_of_one):
+    from nnx.layers.batchnorm import BatchNorm2d
+
+    dense, bn = nnx.Dense(4, 4), nnx.layers.BatchNorm1d(4, momentum=0.2, eps=1e-3, name="bn_a")
+    out = dist.sync_batchnorm([dense, bn, nnx.ReLU(), bn])  # a batch norm used twice
+    assert out[0] is dense and out[1] is out[3]
+    assert type(out[1]) is dist.SyncBatchNorm and type(bn) is nnx.layers.BatchNorm1d
+    assert out[1].get_config() == bn.get_config()
+    chain = nnx.Chain([nnx.Dense(4, 4), nnx.Chain([nnx.layers.BatchNorm1d(4)]),
+                       nnx.Residual([nnx.Dense(4, 4), nnx.layers.BatchNorm1d(4)])], name="net")
+    conv = dist.sync_batchnorm(chain)
+    assert isinstance(conv, nnx.Chain) and conv is not chain and conv.name == "net"
+    assert conv.layers[0] is chain.layers[0]
+    kinds = [type(leaf).__name__ for leaf in conv.leaves()]
+    assert kinds == ["Dense", "SyncBatchNorm", "Dense", "SyncBatchNorm"], kinds
+    assert type(dist.sync_batchnorm(BatchNorm2d(3))) is dist.SyncBatchNorm
+    model = nnx.Sequential(dist.sync_batchnorm([nnx.Dense(20, 4), BatchNorm2d(4)]))
+    with pytest.raises(TypeError, match="before building the model"):
+        dist.sync_batchnorm(model)
+    built = nnx.Sequential([nnx.Dense(20, 4), nnx.layers.BatchNorm1d(4)])
+    with pytest.raises(ValueError, match="already belongs to"):
+        dist.sync_batchnorm(built.net)
+    with pytest.raises(TypeError, match="list of layers"):
+        dist.sync_batchnorm("bn")
+
+
+def _attributes(obj) -> tuple:
+    return type(obj), sorted(vars(obj))
+
+
+def test_compile_replaces_nothing_on_the_model(world_of_one):
+    """The strategy works through the seam: compile with a DistributedOptimizer adds no
+    instance attribute (no wrapped method) to the model, its layers or its optimizers, and
+    changes no class."""
+    def build():
+        return nnx.Sequential(dist.sync_batchnorm(_bn_layers()) + [nnx.Dropout(0.1)], seed=0,
+                              dtype="float64")
+
+    plain, model = build(), build()
+    inner = nnx.Adam(0.01)
+    opt = dist.DistributedOptimizer(inner, overlap=True, bucket_mb=1e-6)
+    objects = [model, *model.store.layers]
+    before = [_attributes(o) for o in objects] + [_attributes(opt)]
+    model.compile(opt, "softmax_cross_entropy")
+    plain.compile(nnx.Adam(0.01), "softmax_cross_entropy")
+    after = [_attributes(o) for o in objects] + [_attributes(opt)]
+    assert after == before
+    assert _attributes(inner) == _attributes(plain.optimizer)  # as a plain compile leaves it
+    for name in ("fit", "_step", "save", "train_step"):
+        assert name not in vars(model)
+    for layer in model.store.layers:
+        assert "backward" not in vars(layer) and "call" not in vars(layer)
+    assert "update" not in vars(opt) and "update" not in vars(inner)
+    assert model.optimizer is opt and list(model.hooks) == [opt.strategy]
+    x, y = _data(16)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert [_attributes(o) for o in objects] + [_attributes(opt)] == before
+    assert opt.stats is opt.strategy.stats and opt.stats["steps"] == 2
+    model.compile(nnx.SGD(0.1), "softmax_cross_entropy")  # recompiling drops the strategy
+    assert list(model.hooks) == []
+
+
+def test_data_parallel_strategy_without_the_optimizer(world_of_one):
+    x, y = _data()
+    ref = _mlp()
+    ref.compile(nnx.SGD(0.1), "softmax_cross_entropy")
+    model = _mlp()
+    model.compile(nnx.SGD(0.1), "softmax_cross_entropy")
+    strategy = model.add_hooks(dist.DataParallel(world_of_one))
+    assert isinstance(strategy, nnx.StepHooks) and not strategy.leaf_events
+    assert dist.DataParallel(world_of_one, overlap=True).leaf_events is False  # no peers
+    assert model.is_chief and strategy.split_batch(np.arange(5)).tolist() == [0, 1, 2, 3, 4]
+    ref.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    assert strategy.stats["steps"] == 6
+    with pytest.raises(ValueError, match="already serves"):
+        _mlp().add_hooks(strategy)
+
+
+def test_bf16_keeps_nan_inf_and_rounds_to_nearest_even():
+    from nnx.distributed.compression import compress, decompress, from_bf16, to_bf16
+
+    bits = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FC00000, 0x7F800000,
+                     0xFF800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF, 0x00000000],
+                    dtype=np.uint32)
+    x = bits.view(np.float32)
+    low = to_bf16(x)
+    assert low.dtype == np.uint16
+    out = np.empty(len(x), np.float32)
+    from_bf16(low, out)
+    assert np.isnan(out[:5]).all()  # full and tiny mantissas alike: NaN, not 0 / inf
+    assert list(np.signbit(out[:5])) == [False, True, False, True, False]
+    assert (low[:5] & 0x0040).all()  # quiet NaNs
+    assert low[4] == 0x7FC0
+    assert out[5] == np.inf and out[6] == -np.inf
+    # ties to even: 1.00390625 -> 1.0, 1.01171875 -> 1.015625; just above a tie rounds up
+    assert list(low[7:10]) == [0x3F80, 0x3F82, 0x3F81]
+    assert out[10] == np.inf and out[11] == 0.0  # float32 max rounds to inf, as in PyTorch
+    buf = x[:2].copy()  # the round trip a compressed reduction makes
+    decompress(compress(buf, "bf16"), buf, "bf16")
+    assert np.isnan(buf).all() and list(np.signbit(buf)) == [False, True]

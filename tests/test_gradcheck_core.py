@@ -109,10 +109,15 @@ def test_losses_stable_at_extreme_logits(backend):
 
 
 class _WrongDense(nnx.Dense):
-    def backward(self, dy, need_dx=True):
-        dx = super().backward(dy, need_dx)
-        self.grads["W"][...] *= 1.01  # a 1% error: the check must catch it
-        return dx
+    def call(self, x, training):
+        y, backprop = super().call(x, training)
+
+        def wrong_backprop(dy, need_dx=True):
+            dx = backprop(dy, need_dx)
+            self.grads["W"][...] *= 1.01  # a 1% error: the check must catch it
+            return dx
+
+        return y, wrong_backprop
 
 
 def test_gradcheck_catches_a_wrong_gradient(rng):

@@ -13,11 +13,11 @@ import pytest
 
 import nnx
 from nnx.errors import ShapeError
+from nnx.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from nnx.layers.base import layer_from_dict, layer_to_dict
 from nnx.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from nnx.layers.conv2d import Conv2D
 from nnx.layers.layernorm import LayerNorm
-from nnx.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from nnx.layers.reshape import Reshape
 from nnx.testing import assert_backends_agree, build, gradcheck
 
@@ -97,6 +97,13 @@ def run_layer(layer, x, backend="numpy", dtype="float64", training=False, seed=0
     ops, store = build(layer, backend, dtype, seed)
     y = layer.forward(ops.asarray(x), training=training)
     return ops, store, y
+
+
+def begin_layer(layer, x, backend="numpy", dtype="float64", training=False, seed=0):
+    """Build `layer` and start one update: (ops, store, y, backprop)."""
+    ops, store = build(layer, backend, dtype, seed)
+    y, backprop = layer.begin_update(ops.asarray(x), training=training)
+    return ops, store, y, backprop
 
 
 # ---------------------------------------------------------------- gradient checks
@@ -351,9 +358,9 @@ def _against_torch(layer, x, torch_fn, names, rng, training=False):
 
     if layer.ops is None:
         build(layer, "numpy", "float64")
-    y = layer.forward(x, training=training)
+    y, backprop = layer.begin_update(x, training=training)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = backprop(dy)
     tx = torch.tensor(np.ascontiguousarray(x), dtype=torch.float64, requires_grad=True)
     tp = [torch.tensor(np.array(layer.params[n]), dtype=torch.float64, requires_grad=True)
           for n in names]
@@ -438,8 +445,8 @@ def test_conv_same_stride1_matches_explicit_symmetric_padding(rng):
 def test_maxpool_tie_gradient_goes_to_first_max():
     x = np.ones((1, 1, 2, 2))
     layer = MaxPool2D(2)
-    ops, _, y = run_layer(layer, x)
-    dx = ops.to_host(layer.backward(ops.asarray(np.full((1, 1, 1, 1), 3.0))))
+    ops, _, y, backprop = begin_layer(layer, x)
+    dx = ops.to_host(backprop(ops.asarray(np.full((1, 1, 1, 1), 3.0))))
     np.testing.assert_array_equal(dx[0, 0], [[3.0, 0.0], [0.0, 0.0]])
 
 
@@ -448,9 +455,9 @@ def test_float32_stays_float32(backend, rng):
     net = nnx.Chain([Conv2D(3, 4, 3, padding="same", activation="relu"), BatchNorm2d(4),
                      MaxPool2D(2), AvgPool2D(2, padding=1, count_include_pad=False),
                      LayerNorm(3), GlobalAvgPool2D(), Reshape((2, 2)), BatchNorm1d(2)])
-    ops, store, y = run_layer(net, x, backend, "float32", training=True)
+    ops, store, y, backprop = begin_layer(net, x, backend, "float32", training=True)
     assert y.dtype == np.float32 and y.shape == (4, 2, 2)
-    dx = net.backward(ops.asarray(np.ones((4, 2, 2), np.float32)))
+    dx = backprop(ops.asarray(np.ones((4, 2, 2), np.float32)))
     assert dx.dtype == np.float32 and dx.shape == x.shape
     assert store.grads.dtype == np.float32
     assert all(b.dtype == np.float32 for leaf in net.leaves() for b in leaf.buffers.values())
@@ -459,12 +466,12 @@ def test_float32_stays_float32(backend, rng):
 def test_backward_writes_not_accumulates(rng):
     x = rng.standard_normal((2, 2, 5, 5))
     for layer in (Conv2D(2, 3, 3), BatchNorm2d(2), LayerNorm(5)):
-        ops, store, y = run_layer(layer, x, training=True)
+        ops, store, y, backprop = begin_layer(layer, x, training=True)
         dy = rng.standard_normal(y.shape)
-        layer.backward(dy)
+        backprop(dy)
         first = store.grads.copy()
-        layer.forward(x, training=True)
-        layer.backward(dy)
+        _, backprop = layer.begin_update(x, training=True)
+        backprop(dy)
         np.testing.assert_allclose(store.grads, first)
 
 

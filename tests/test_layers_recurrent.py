@@ -13,7 +13,7 @@ import pytest
 
 import nnx
 from nnx.errors import InputError, ShapeError
-from nnx.layers.attention import MultiHeadSelfAttention, PositionalEmbedding
+from nnx.layers.attention import MultiHeadSelfAttention
 from nnx.layers.base import layer_from_dict, layer_to_dict
 from nnx.layers.compose import Parallel, Residual
 from nnx.layers.container import Chain
@@ -24,6 +24,7 @@ from nnx.layers.flatten import Flatten
 from nnx.layers.gru import GRU
 from nnx.layers.layernorm import LayerNorm
 from nnx.layers.lstm import LSTM
+from nnx.layers.positional import PositionalEmbedding
 from nnx.layers.sequence_pool import GlobalAveragePooling1D, SequencePool
 from nnx.layers.simple_rnn import SimpleRNN
 from nnx.layers.transformer import TransformerEncoderBlock
@@ -67,7 +68,7 @@ def _states(rng, cls, batch=N):
 @pytest.mark.parametrize("cls", RECURRENT, ids=lambda c: c.__name__)
 def test_recurrent_gradcheck_with_initial_state(backend, rng, cls):
     """x and weight gradients with a given initial state, then the initial-state gradients
-    themselves (`initial_state_grads`) against central differences."""
+    themselves (the backprop of `begin_update_with_state`) against central differences."""
     states = _states(rng, cls)
     layer = cls(F, H, return_sequences=True)
     layer.set_initial_state(*states)
@@ -76,9 +77,10 @@ def test_recurrent_gradcheck_with_initial_state(backend, rng, cls):
 
     ops, _ = build(layer, backend, "float64")
     dy = rng.standard_normal((N, T, H))
-    layer.forward(ops.asarray(x), training=True)
-    layer.backward(ops.asarray(dy))
-    analytic = [ops.to_host(g) for g in layer.initial_state_grads]
+    _, _, backprop = layer.begin_update_with_state(ops.asarray(x))  # from set_initial_state
+    dx, state_grads = backprop(ops.asarray(dy))
+    assert dx.shape == (N, T, F) and len(state_grads) == len(states)
+    analytic = [ops.to_host(g) for g in state_grads]
     eps = 1e-6
     for k, s in enumerate(states):
         num = np.zeros_like(s)
@@ -87,7 +89,7 @@ def test_recurrent_gradcheck_with_initial_state(backend, rng, cls):
             for sign in (1, -1):
                 pert = [st.copy() for st in states]
                 pert[k][idx] += sign * eps
-                y = layer.forward(ops.asarray(x), initial_state=tuple(pert))
+                y, _ = layer.forward_with_state(ops.asarray(x), initial_state=tuple(pert))
                 vals.append(float((ops.to_host(y) * dy).sum()))
             num[idx] = (vals[0] - vals[1]) / (2 * eps)
         np.testing.assert_allclose(analytic[k], num, rtol=1e-5, atol=1e-7)
@@ -95,29 +97,45 @@ def test_recurrent_gradcheck_with_initial_state(backend, rng, cls):
 
 @pytest.mark.parametrize("cls", RECURRENT, ids=lambda c: c.__name__)
 def test_initial_state_api(rng, cls):
-    """forward(initial_state=...) beats set_initial_state; (H,) states broadcast over the batch
-    and get batch-summed gradients; final_state continues a split sequence exactly."""
+    """initial_state=... beats set_initial_state; (H,) states broadcast over the batch and get
+    batch-summed gradients; the returned final state continues a split sequence exactly (given
+    per call, or through set_initial_state); nothing is written on the layer per call."""
     layer = cls(F, H, return_sequences=True)
     ops, _ = build(layer, "numpy", "float64")
     x = ops.asarray(seq(rng, t=6))
-    full = ops.to_host(layer.forward(x))
-    first = layer.forward(x[:, :3])
-    layer.set_initial_state(*layer.final_state)
+    full, full_state = layer.forward_with_state(x)
+    np.testing.assert_array_equal(layer.forward(x), full)
+    assert len(full_state) == len(layer.state_names)
+    np.testing.assert_array_equal(full_state[0], full[:, -1])
+    first, state = layer.forward_with_state(x[:, :3])
+    second, state2 = layer.forward_with_state(x[:, 3:], initial_state=state)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), full, atol=1e-12)
+    for a, b in zip(state2, full_state, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    layer.set_initial_state(*state)
     second = layer.forward(x[:, 3:])
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), full, atol=1e-12)
+    assert not hasattr(layer, "final_state") and not hasattr(layer, "initial_state_grads")
 
     vec = tuple(rng.standard_normal(H) for _ in _states(rng, cls))
-    a = layer.forward(x, initial_state=vec)  # beats the state set above
+    a, _ = layer.forward_with_state(x, initial_state=vec)  # beats the state set above
     layer.set_initial_state(*(np.broadcast_to(v, (N, H)).copy() for v in vec))
     b = layer.forward(x)
     np.testing.assert_allclose(a, b, atol=1e-12)
-    layer.forward(x, initial_state=vec)
-    layer.backward(np.ones((N, 6, H)))
-    assert all(g.shape == (H,) for g in layer.initial_state_grads)
+    _, _, backprop = layer.begin_update_with_state(x, initial_state=vec)
+    _, state_grads = backprop(np.ones((N, 6, H)))
+    assert all(g.shape == (H,) for g in state_grads)
+    _, _, backprop_full = layer.begin_update_with_state(x)  # the (N, H) states set above
+    _, full_grads = backprop_full(np.ones((N, 6, H)))
+    for g, g_full in zip(state_grads, full_grads, strict=True):
+        assert g_full.shape == (N, H)
+        np.testing.assert_allclose(g, g_full.sum(axis=0), atol=1e-12)
     layer.reset_initial_state()
     np.testing.assert_allclose(layer.forward(x), full, atol=1e-12)
-    layer.backward(np.ones((N, 6, H)))
-    assert layer.initial_state_grads is None
+    _, _, backprop = layer.begin_update_with_state(x)
+    dx, state_grads = backprop(np.ones((N, 6, H)))
+    assert state_grads is None and dx.shape == (N, 6, F)
+    assert backprop(np.ones((N, 6, H)), need_dx=False) == (None, None)
 
 
 def test_attention_gradcheck(backend, rng):
@@ -140,14 +158,14 @@ def test_embedding_gradient(backend, rng):
     layer = Embedding(6, 3)
     ops, store = build(layer, backend, "float64")
     ids = np.array([[0, 2, 2], [5, 2, 0]])
-    y = layer.forward(ops.asarray(ids))
+    y, backprop = layer.begin_update(ops.asarray(ids))
     W = ops.to_host(layer.params["W"])
     np.testing.assert_array_equal(ops.to_host(y), W[ids])
     dy = rng.standard_normal((2, 3, 3))
     expected = np.zeros((6, 3))
     np.add.at(expected, ids, dy)
     for _ in range(2):  # twice: the second call must not add onto the first
-        assert layer.backward(ops.asarray(dy)) is None
+        assert backprop(ops.asarray(dy)) is None
         np.testing.assert_allclose(ops.to_host(layer.grads["W"]), expected, atol=1e-12)
     # float ids holding whole numbers are accepted
     np.testing.assert_array_equal(ops.to_host(layer.forward(ops.asarray(ids.astype(float)))),
@@ -247,8 +265,10 @@ def test_lstm_matches_pytorch_equations(backend, rng):
         layer.set_initial_state(*state) if state[0] is not None else layer.reset_initial_state()
         hs = model.ops.to_host(model(x))
         np.testing.assert_allclose(hs, hs_ref, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(model.ops.to_host(layer.final_state[0]), h_ref, atol=1e-12)
-        np.testing.assert_allclose(model.ops.to_host(layer.final_state[1]), c_ref, atol=1e-12)
+        hs2, (h_t, c_t) = layer.forward_with_state(model.ops.asarray(x))
+        np.testing.assert_allclose(model.ops.to_host(hs2), hs_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(model.ops.to_host(h_t), h_ref, atol=1e-12)
+        np.testing.assert_allclose(model.ops.to_host(c_t), c_ref, atol=1e-12)
     last = nnx.Model(LSTM(F, H), backend=backend, dtype="float64")
     last.set_weights([w_ih.T, w_hh.T, b_ih + b_hh])
     np.testing.assert_allclose(last.predict(x), torch_lstm(x, w_ih, w_hh, b_ih, b_hh,
@@ -329,10 +349,10 @@ def test_causal_outputs_ignore_the_future(backend, rng, make):
         np.testing.assert_allclose(y2[:, :t + 1], y[:, :t + 1], rtol=1e-10, atol=1e-12)
         if t < 4:
             assert np.abs(y2[:, t + 1:] - y[:, t + 1:]).max() > 1e-6
-    layer.forward(ops.asarray(x))
+    _, backprop = layer.begin_update(ops.asarray(x))
     dy = np.zeros((N, 5, layer_out(layer)))
     dy[:, 2] = 1.0
-    dx = ops.to_host(layer.backward(ops.asarray(dy)))
+    dx = ops.to_host(backprop(ops.asarray(dy)))
     assert np.all(dx[:, 3:] == 0)
     assert np.abs(dx[:, :3]).max() > 0
 
@@ -363,8 +383,8 @@ def test_recurrent_bad_input(cls):
         layer.forward(np.zeros((2, 4, 7)))
     with pytest.raises(ShapeError, match=rf"enc.*initial state h0 of shape \(2, {H}\).*"
                                          rf"got shape \(3, {H}\)"):
-        layer.forward(np.zeros((2, 4, F)),
-                      initial_state=tuple(np.zeros((3, H)) for _ in layer.state_names))
+        layer.forward_with_state(np.zeros((2, 4, F)),
+                                 initial_state=tuple(np.zeros((3, H)) for _ in layer.state_names))
     with pytest.raises(ShapeError, match=rf"enc.*\(batch, {H}\) or \({H},\).*got shape \(2, 9\)"):
         layer.set_initial_state(*(np.zeros((2, 9)) for _ in layer.state_names))
     with pytest.raises(ValueError, match="enc.*initial state takes"):
@@ -403,6 +423,7 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="merge must be one of"):
         Parallel(Dense(8, 4), merge="mul")
     pool = SequencePool("last", name="pool")
+    build(pool, "numpy", "float64")
     with pytest.raises(ShapeError, match=r"pool.*\(batch, time, features\).*got shape \(2, 3\)"):
         pool.forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="mode must be one of"):

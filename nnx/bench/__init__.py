@@ -5,23 +5,68 @@
     print(bench.format_table(run["results"]))
     bench.compare("old.json", "new.json")                    # what got faster / slower
 
-Modules: `registry` (cases, suites, targets), `suites` (the built-in cases), `timing` (clocks,
-medians and IQRs), `runner` (warm-up, calibration, interleaved rounds), `machine` (description,
-thread control, measured peaks), `report` (JSON, tables, compare), `plots` and `crossover`.
+Modules: `registry` (cases, suite registries, targets), `suites` (the built-in suites, one
+module per family), `timing` (clocks, medians and IQRs), `runner` (warm-up, calibration,
+interleaved rounds), `machine` (description, thread control, measured peaks), `report` (JSON,
+tables, compare), `plots` and `crossover`.
+
+Suites are registered explicitly: `default_registry()` is a `SuiteRegistry` that
+`nnx.bench.suites.register_all` filled with the built-in suites (built on first use);
+`cases()`, `suite_names()` and `run()` read it. A suite of one's own:
+
+    @bench.suite("mine", "what it measures")
+    def mine(quick): return [bench.Case(...)]
+    bench.default_registry().add(mine)
 """
 
 from __future__ import annotations
 
-from .registry import Case, Skip, Target, available_targets, cases, suite, suite_names
-from .report import compare, format_compare, format_table, load_json, make_run, write_json
+import functools
+import time
+
+from nnx.backend import backend_module
+
+from . import machine
+from .crossover import sweep
+from .registry import Case, Skip, SuiteRegistry, Target, available_targets, suite
+from .report import (
+    compare,
+    format_compare,
+    format_peaks,
+    format_table,
+    load_json,
+    make_run,
+    write_json,
+)
 from .runner import RunConfig, run_case, run_cases
+from .suites import register_all
 from .timing import Stats, quantile
 
 __all__ = [
-    "Case", "RunConfig", "Skip", "Stats", "Target", "available_targets", "cases", "compare",
-    "format_compare", "format_table", "load_json", "make_run", "quantile", "run", "run_case",
-    "run_cases", "suite", "suite_names", "write_json",
+    "Case", "RunConfig", "Skip", "Stats", "SuiteRegistry", "Target", "available_targets",
+    "cases", "compare", "default_registry", "format_compare", "format_table", "load_json",
+    "make_run", "quantile", "run", "run_case", "run_cases", "suite", "suite_help",
+    "suite_names", "write_json",
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> SuiteRegistry:
+    """The registry of `nnx bench`, the pytest benchmarks and `cases()`: the built-in suites."""
+    return register_all(SuiteRegistry())
+
+
+def cases(names=None, quick: bool = False) -> list[Case]:
+    """The cases of the named suites (all when None) of the default registry, in its order."""
+    return default_registry().cases(names, quick=quick)
+
+
+def suite_names() -> list[str]:
+    return default_registry().names()
+
+
+def suite_help(name: str) -> str:
+    return default_registry().help(name)
 
 
 def run(suites=None, backends=None, quick: bool = False, repeats: int | None = None,
@@ -32,11 +77,6 @@ def run(suites=None, backends=None, quick: bool = False, repeats: int | None = N
     """Run suites (all when None) on every available target; returns the run as a dict
     (the JSON `nnx bench` writes). `wait_quiet`: wait up to that many seconds for the CPUs to
     go idle (other processes) before measuring."""
-    import time
-
-    from . import machine
-    from .crossover import sweep
-
     quiet = None
     if wait_quiet:
         quiet = machine.wait_quiet(wait_quiet, log=log)
@@ -64,13 +104,9 @@ def run(suites=None, backends=None, quick: bool = False, repeats: int | None = N
         machine.LoadProbe().wait_idle(config.busy_threshold, config.max_wait_s)
     peaks = machine.measure_peaks(quick=quick)
     if log:
-        from .report import format_peaks
-
         log(format_peaks(peaks))
     compile_s = {}
     if warmup_backends if warmup_backends is not None else not quick:
-        from nnx.backend import backend_module
-
         for t in targets:
             if t.kind == "nnx":
                 t0 = time.perf_counter()

@@ -11,16 +11,11 @@ from __future__ import annotations
 import math
 import os
 
+from .plots import _color, _plt
 from .registry import Case, fmt_shape, gemm_flops
 from .runner import RunConfig, fmt_time, run_case
-from .suites import (
-    _randn,
-    _sample_batch,
-    _torch_step,
-    _zoo_model,
-    torch_mirror,
-    train_flops_per_sample,
-)
+from .suites.common import randn
+from .suites.zoo import model_flops, nnx_step, sample_batch, torch_mirror, torch_step, zoo_model
 
 BATCHES = (1, 8, 32, 128, 512)
 WIDTHS = (32, 128, 512, 1024)
@@ -30,10 +25,10 @@ QUICK_WIDTHS = (16, 64)
 
 def dense_cell(batch, width) -> Case:
     def setup(t):
-        x = t.array(_randn((batch, width), 1))
-        W = t.array(_randn((width, width), 2, 1 / math.sqrt(width)))
-        b = t.array(_randn((width,), 3, 0.1))
-        dy = t.array(_randn((batch, width), 4))
+        x = t.array(randn((batch, width), 1))
+        W = t.array(randn((width, width), 2, 1 / math.sqrt(width)))
+        b = t.array(randn((width,), 3, 0.1))
+        dy = t.array(randn((batch, width), 4))
         if t.kind == "torch":
             torch = t.torch
             aten = torch.ops.aten
@@ -62,30 +57,22 @@ def dense_cell(batch, width) -> Case:
 
 
 def mlp_cell(batch, width) -> Case:
-    x_all, y_all = _sample_batch()
+    x_all, y_all = sample_batch()
     hidden = (width, width)
 
     def setup(t):
-        zoo, model = _zoo_model(t, "mlp", hidden=hidden)
+        zoo, model = zoo_model(t, "mlp", hidden=hidden)
         xh, yh = x_all[:batch], y_all[:batch]
         if t.kind == "torch":
-            step = _torch_step(t.torch, torch_mirror(model, t.torch), t.device)
+            step = torch_step(t.torch, torch_mirror(model, t.torch), t.device)
             xb, yb = t.array(xh), t.array(yh)
             return lambda: step(xb, yb)
-        import nnx
+        return nnx_step(model, zoo, xh, yh)  # model.trainer.step on device arrays
 
-        model.compile(nnx.Adam(1e-3), zoo.LOSS, metrics=())
-        xb, yb = model.ops.asarray(xh), model.loss.device_targets(model.ops, yh)
-        step = model._step
-        return lambda: step(xb, yb)
-
-    from .registry import Target
-
-    _zoo, m = _zoo_model(Target("numpy"), "mlp", hidden=hidden)
-    flops = train_flops_per_sample(m, (28, 28))[1] * batch
+    per_sample, _info = model_flops("mlp", x_all, hidden=hidden)
     return Case(name=f"mlp step 784-{width}-{width}-10 b{batch}", suite="crossover", setup=setup,
-                flops=flops, params={"workload": "mlp", "batch": batch, "width": width},
-                group="crossover")
+                flops=per_sample * batch if per_sample else None,
+                params={"workload": "mlp", "batch": batch, "width": width}, group="crossover")
 
 
 def sweep(targets, quick=False, batches=None, widths=None, config: RunConfig | None = None,
@@ -174,9 +161,7 @@ def format_crossover(sw: dict, markdown: bool = False) -> str:
 
 def plot_crossover(sw: dict, outdir) -> list[str]:
     """One heat map per workload: colour = winning target, shade = how clearly it wins."""
-    from matplotlib.colors import to_rgb
-
-    from .plots import _color, _plt
+    from matplotlib.colors import to_rgb  # matplotlib is optional: imported when plotting
 
     plt = _plt()
     os.makedirs(outdir, exist_ok=True)

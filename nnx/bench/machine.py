@@ -18,6 +18,8 @@ import platform
 import sys
 import time
 
+from nnx.sysinfo import collect
+
 from .timing import HostClock, Stats
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
@@ -257,8 +259,6 @@ def wait_quiet(timeout_s: float, threshold: float = 0.25, quiet_s: int = 3, log=
 
 def describe() -> dict:
     """The machine and software, for the JSON: CPU model, cores, memory, versions, BLAS, threads."""
-    from nnx.commands.info import collect
-
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from . import default_registry
+from .registry import Case, Skip, Target
 
-def run_benchmark(benchmark, case, target):
+
+def bench_cases(suites=None, quick: bool = False, registry=None) -> list[Case]:
+    """The cases to parametrize over: of the named suites (all when None) of `registry`, by
+    default `nnx.bench.default_registry()` (the built-in suites)."""
+    return (registry if registry is not None else default_registry()).cases(suites, quick=quick)
+
+
+def run_benchmark(benchmark, case: Case, target: Target):
     """Set up `case` on `target` (skip with the case's reason) and time it with pytest-benchmark,
     synchronizing the device after each call."""
-    import pytest
-
-    from nnx.bench import Skip
+    import pytest  # only benchmarks/ runs this; nnx itself does not depend on pytest
 
     try:
         fn = case.setup(target)

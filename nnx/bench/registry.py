@@ -5,8 +5,10 @@ A *case* is one workload at one size: a name, its suite, its FLOP and byte count
 to time (or raises `Skip` with a reason: a kernel that does not exist yet, no torch equivalent).
 A *target* is where a case runs: an nnx backend ("numpy", "numba", "cupy") or the PyTorch
 yardstick ("torch" on the CPU, "torch-cuda"). Suites are functions `quick -> [Case]`, registered
-with `@suite(name)`; the same registry feeds `nnx bench`, the pytest-benchmark files in
-`benchmarks/`, and the crossover sweep.
+declared with `@suite(name)` and added to a `SuiteRegistry` explicitly: `nnx.bench.suites`
+lists the built-in ones and `register_all(registry)` adds them; `nnx.bench.default_registry()`
+is the registry that feeds `nnx bench`, the pytest-benchmark files in `benchmarks/` and
+`nnx.bench.cases`. The crossover sweep builds its cases itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnx import compat
+from nnx.backend import available_backends, backend_module, backend_names, get_ops
+from nnx.errors import unknown
+
+from .timing import CudaEventClock, HostClock, TorchCudaEventClock
 
 TORCH_TARGETS = ("torch", "torch-cuda")
 
@@ -66,8 +76,6 @@ class Target:
 
     # -- nnx backends -------------------------------------------------------------------
     def new_ops(self, seed: int = 0):
-        from nnx.backend import get_ops
-
         return get_ops(self.name, seed=seed)
 
     @property
@@ -84,8 +92,6 @@ class Target:
 
     def clock(self):
         """The clock for this target: CUDA events on GPUs, synchronized perf_counter else."""
-        from .timing import CudaEventClock, HostClock, TorchCudaEventClock
-
         if self.kind == "torch" and self.device == "cuda":
             return TorchCudaEventClock(self.torch)
         if self.kind == "nnx" and not self._ops.on_host:
@@ -96,8 +102,6 @@ class Target:
 
     def array(self, host, dtype=None):
         """A host NumPy array moved to the target (floats as float32 unless `dtype`)."""
-        import numpy as np
-
         host = np.asarray(host)
         if self.kind == "torch":
             t = self.torch.from_numpy(np.ascontiguousarray(host))
@@ -115,9 +119,6 @@ class Target:
 def available_targets(backends=None, torch: bool = True) -> tuple[list[str], dict]:
     """(target names, {unavailable target: reason}). Default: every available nnx backend, then
     torch (CPU) and torch-cuda when PyTorch is importable and sees a GPU."""
-    from nnx import compat
-    from nnx.backend import available_backends, backend_module, backend_names
-
     skipped: dict[str, str] = {}
     avail = available_backends()
     if backends:
@@ -156,39 +157,59 @@ def available_targets(backends=None, torch: bool = True) -> tuple[list[str], dic
 
 
 # -- suites -----------------------------------------------------------------------------------
-SUITES: dict[str, Callable] = {}
-SUITE_HELP: dict[str, str] = {}
-
-
 def suite(name: str, help: str = ""):
-    """Register `fn(quick: bool) -> list[Case]` as the suite `name`."""
+    """Declare `fn(quick: bool) -> list[Case]` as the suite `name` (with a one-line `help`, else
+    the first line of its docstring). Declaring registers nothing: a `SuiteRegistry` receives the
+    suite through `add` (the built-in ones: `nnx.bench.suites.register_all`)."""
 
     def deco(fn):
-        SUITES[name] = fn
-        SUITE_HELP[name] = help or (fn.__doc__ or "").strip().splitlines()[0]
+        fn.suite_name = name
+        fn.suite_help = help or (fn.__doc__ or "").strip().splitlines()[0]
         return fn
 
     return deco
 
 
-def suite_names() -> list[str]:
-    from . import suites  # noqa: F401  (registers the built-in suites)
+class SuiteRegistry:
+    """Suites by name, in the order they were added."""
 
-    return list(SUITES)
+    def __init__(self, suites=()):
+        self._suites: dict[str, Callable] = {}
+        self._help: dict[str, str] = {}
+        for fn in suites:
+            self.add(fn)
 
+    def add(self, fn: Callable, name: str | None = None, help: str | None = None) -> Callable:
+        """Add a suite: `fn(quick) -> [Case]`, named by `@suite` unless `name` is given."""
+        name = name or getattr(fn, "suite_name", None)
+        if not name:
+            raise ValueError(f"suite {fn!r} has no name: declare it with @suite(name) or pass one")
+        if name in self._suites and self._suites[name] is not fn:
+            raise ValueError(f"benchmark suite {name!r} is already registered")
+        self._suites[name] = fn
+        self._help[name] = help if help is not None else getattr(fn, "suite_help", "")
+        return fn
 
-def cases(names=None, quick: bool = False) -> list[Case]:
-    """The cases of the named suites (all when None), in registry order."""
-    from . import suites  # noqa: F401
+    def __contains__(self, name) -> bool:
+        return name in self._suites
 
-    out = []
-    for n in names or list(SUITES):
-        if n not in SUITES:
-            from nnx.errors import unknown
+    def __len__(self) -> int:
+        return len(self._suites)
 
-            raise unknown("benchmark suite", n, SUITES)
-        out.extend(SUITES[n](quick))
-    return out
+    def names(self) -> list[str]:
+        return list(self._suites)
+
+    def help(self, name: str) -> str:
+        return self._help.get(name, "")
+
+    def cases(self, names=None, quick: bool = False) -> list[Case]:
+        """The cases of the named suites (all when None), in registry order."""
+        out = []
+        for n in names or list(self._suites):
+            if n not in self._suites:
+                raise unknown("benchmark suite", n, self._suites)
+            out.extend(self._suites[n](quick))
+        return out
 
 
 def gemm_flops(m: int, k: int, n: int) -> float:

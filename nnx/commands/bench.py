@@ -13,6 +13,12 @@ import json
 import os
 import sys
 
+from nnx import bench
+from nnx.bench import machine, report
+from nnx.bench import plots as plots_mod
+from nnx.bench.crossover import format_crossover, plot_crossover
+from nnx.errors import NNXError
+
 
 def add_parser(sub, help_text):
     p = sub.add_parser("bench", help=help_text, description=help_text)
@@ -53,15 +59,10 @@ def add_parser(sub, help_text):
 
 
 def run(args) -> int:
-    from nnx import bench
-    from nnx.bench import report
-    from nnx.errors import NNXError
-
-    if args.list:
-        from nnx.bench.registry import SUITE_HELP
-
-        for name in bench.suite_names():
-            print(f"{name:12s} {SUITE_HELP.get(name, '')}")
+    if args.list:  # the built-in suites, as nnx.bench.suites.register_all added them
+        registry = bench.default_registry()
+        for name in registry.names():
+            print(f"{name:12s} {registry.help(name)}")
         return 0
     if args.compare:
         try:
@@ -101,9 +102,6 @@ def _argv(args) -> list[str]:
 
 
 def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
-    from nnx.bench import machine, report
-    from nnx.bench import plots as plots_mod
-
     os.makedirs(out, exist_ok=True)
     targets = res["targets"]
     title = (f"nnx bench ({res['settings'].get('mode')}): median time per call ±IQR/median; "
@@ -115,8 +113,6 @@ def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
                              title="nnx bench results") if res["results"] else ""
     sw = res.get("crossover")
     if sw:
-        from nnx.bench.crossover import format_crossover
-
         text += "\n\n" + format_crossover(sw)
         md += "\n\n" + format_crossover(sw, markdown=True)
     log("")
@@ -135,8 +131,6 @@ def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
         if res["results"]:
             paths += plots_mod.plot_results(res["results"], res["peaks"], targets, out, sub)
         if sw:
-            from nnx.bench.crossover import plot_crossover
-
             paths += plot_crossover(sw, out)
     log("\nwrote: " + ", ".join(paths))
     return 0

@@ -78,14 +78,14 @@ def run(args) -> int:
         ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
     opt = {"adam": nnx.Adam, "adamw": nnx.AdamW, "sgd": nnx.SGD}[args.optimizer](lr=args.lr)
     if args.distributed:  # every rank: the same data, its share of each batch; rank 0 reports
-        import os
-
         import nnx.distributed
 
         opt = nnx.distributed.DistributedOptimizer(opt, nnx.distributed.init())
-        if not opt.is_chief:
-            sys.stdout = open(os.devnull, "w")
     model.compile(opt, zoo.LOSS, ["accuracy"] if zoo.TARGET == "labels" else [])
+    if not model.is_chief:  # known once compile has added the data-parallel strategy
+        import os
+
+        sys.stdout = open(os.devnull, "w")
     print(
         f"nnx train: model {args.model} ({model.count_params():,} parameters), backend "
         f"{model.backend}, data {args.data} ({len(xtr)} train / {len(xte)} test), "

@@ -1,7 +1,8 @@
 """nnx layers: one layer per file; each calls the backend's ops and nothing else."""
 
 from .activations import GELU, Activation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from .attention import MultiHeadSelfAttention, PositionalEmbedding
+from .attention import MultiHeadSelfAttention
+from .avg_pool import AvgPool2D
 from .base import LAYER_CLASSES, Layer, ParamSpec, layer_from_dict, layer_to_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .compose import Parallel, Residual
@@ -11,13 +12,17 @@ from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .flatten import Flatten
+from .global_avg_pool import GlobalAvgPool2D
 from .gru import GRU
 from .layernorm import LayerNorm
 from .lstm import LSTM
-from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .max_pool import MaxPool2D
+from .positional import PositionalEmbedding
+from .recurrent import RecurrentLayer
 from .reshape import Reshape
 from .sequence_pool import GlobalAveragePooling1D, SequencePool
-from .simple_rnn import RecurrentLayer, SimpleRNN
+from .simple_rnn import SimpleRNN
+from .sync_batchnorm import SyncBatchNorm as SyncBatchNorm
 from .transformer import TransformerEncoderBlock
 
 __all__ = [

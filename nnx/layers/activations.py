@@ -23,12 +23,13 @@ class Activation(Layer):
         super().__init__(name)
         self.activation = check_activation(self.fixed or activation)
 
-    def forward(self, x, training=False):
-        y, self._saved = self.ops.activation_forward(x, self.activation)
-        return y
+    def call(self, x, training):
+        y, saved = self.ops.activation_forward(x, self.activation)
 
-    def backward(self, dy, need_dx=True):
-        return self.ops.activation_backward(dy, self._saved, self.activation)
+        def backprop(dy, need_dx=True):
+            return self.ops.activation_backward(dy, saved, self.activation) if need_dx else None
+
+        return y, backprop
 
     def get_config(self):
         if self.fixed:

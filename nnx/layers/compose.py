@@ -44,19 +44,20 @@ class Residual(Layer):
     def sublayers(self):
         return [self.block]
 
-    def forward(self, x, training=False):
-        y = self.block.forward(x, training)
+    def call(self, x, training):
+        y, block_backprop = self.block.begin_update(x, training)
         if tuple(y.shape) != tuple(x.shape):
             raise ShapeError(f"Residual {self.name!r}: block {self.block.name!r} must keep the "
                              f"input's shape; expected output shape {tuple(x.shape)}, got "
                              f"{tuple(y.shape)}")
-        return x + y
 
-    def backward(self, dy, need_dx=True):
-        dx = self.block.backward(dy, need_dx)
-        if not need_dx:
-            return None
-        return dy if dx is None else dx + dy
+        def backprop(dy, need_dx=True):
+            dx = block_backprop(dy, need_dx)
+            if not need_dx:
+                return None
+            return dy if dx is None else dx + dy
+
+        return x + y, backprop
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
@@ -65,8 +66,8 @@ class Residual(Layer):
         return {"block": layer_to_dict(self.block), "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
-        return cls(layer_from_dict(config.pop("block")), **config)
+    def from_config(cls, config, builder=None):
+        return cls(layer_from_dict(config.pop("block", None), builder), **config)
 
 
 class Parallel(Layer):
@@ -91,8 +92,10 @@ class Parallel(Layer):
     def sublayers(self):
         return self.branches
 
-    def forward(self, x, training=False):
-        outs = [b.forward(x, training) for b in self.branches]
+    def call(self, x, training):
+        results = [b.begin_update(x, training) for b in self.branches]
+        outs = [o for o, _ in results]
+        backprops = [bp for _, bp in results]
         first = tuple(outs[0].shape)
         if self.merge == "add":
             for b, o in zip(self.branches, outs, strict=True):
@@ -104,35 +107,36 @@ class Parallel(Layer):
             y = outs[0] + outs[1] if len(outs) > 1 else outs[0].copy()
             for o in outs[2:]:
                 y += o
-            return y
-        for b, o in zip(self.branches, outs, strict=True):
-            if o.ndim != len(first) or tuple(o.shape[:-1]) != first[:-1]:
-                raise ShapeError(
-                    f"Parallel {self.name!r} (merge='concat'): expected every branch output to "
-                    f"have shape ({', '.join(map(str, first[:-1]))}, *) (branch "
-                    f"{self.branches[0].name!r}), got {tuple(o.shape)} from branch {b.name!r}")
-        self._widths = [int(o.shape[-1]) for o in outs]
-        y = self.ops.empty((*first[:-1], sum(self._widths)), dtype=outs[0].dtype)
-        start = 0
-        for o, w in zip(outs, self._widths, strict=True):
-            y[..., start:start + w] = o
-            start += w
-        return y
-
-    def backward(self, dy, need_dx=True):
-        dx = None
-        start = 0
-        for i, b in enumerate(self.branches):
-            if self.merge == "add":
-                dyi = dy
-            else:
-                w = self._widths[i]
-                dyi = dy[..., start:start + w]
+            widths = None
+        else:
+            for b, o in zip(self.branches, outs, strict=True):
+                if o.ndim != len(first) or tuple(o.shape[:-1]) != first[:-1]:
+                    raise ShapeError(
+                        f"Parallel {self.name!r} (merge='concat'): expected every branch output "
+                        f"to have shape ({', '.join(map(str, first[:-1]))}, *) (branch "
+                        f"{self.branches[0].name!r}), got {tuple(o.shape)} from branch {b.name!r}")
+            widths = [int(o.shape[-1]) for o in outs]
+            y = self.ops.empty((*first[:-1], sum(widths)), dtype=outs[0].dtype)
+            start = 0
+            for o, w in zip(outs, widths, strict=True):
+                y[..., start:start + w] = o
                 start += w
-            dxi = b.backward(dyi, need_dx)
-            if need_dx and dxi is not None:
-                dx = dxi if dx is None else dx + dxi
-        return dx
+
+        def backprop(dy, need_dx=True):
+            dx = None
+            start = 0
+            for i, bp in enumerate(backprops):
+                if widths is None:
+                    dyi = dy
+                else:
+                    dyi = dy[..., start:start + widths[i]]
+                    start += widths[i]
+                dxi = bp(dyi, need_dx)
+                if need_dx and dxi is not None:
+                    dx = dxi if dx is None else dx + dxi
+            return dx
+
+        return y, backprop
 
     def output_shape(self, input_shape):
         shapes = [tuple(b.output_shape(tuple(input_shape))) for b in self.branches]
@@ -145,8 +149,8 @@ class Parallel(Layer):
                 "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
-        branches = config.pop("branches")
+    def from_config(cls, config, builder=None):
+        branches = config.pop("branches", None)
         if not isinstance(branches, list):
             raise ValueError("Parallel config 'branches' must be a list")
-        return cls(*[layer_from_dict(d) for d in branches], **config)
+        return cls(*[layer_from_dict(d, builder) for d in branches], **config)

@@ -6,6 +6,11 @@ from .base import Layer, layer_from_dict, layer_to_dict
 
 
 class Chain(Layer):
+    """Applies `layers` in order. Backward runs in reverse through the closures that forward
+    returned; when the caller needs no input gradient, it stops at the first layer with
+    parameters (layers before it, Flatten, Dropout, ..., have nothing to learn, and that layer
+    skips its dx GEMM)."""
+
     def __init__(self, layers, name: str | None = None):
         super().__init__(name)
         layers = list(layers)
@@ -16,29 +21,30 @@ class Chain(Layer):
                     "expected an nnx layer"
                 )
         self.layers = layers
+        # backward stops here when no input gradient is needed (the structure is fixed)
+        self._first_trainable = next(
+            (i for i, layer in enumerate(layers)
+             if any(leaf.param_specs() for leaf in layer.leaves())),
+            len(layers),
+        )
 
     def sublayers(self):
         return self.layers
 
-    def forward(self, x, training=False):
+    def call(self, x, training):
+        backprops = []
         for layer in self.layers:
-            x = layer.forward(x, training)
-        return x
+            x, bp = layer.begin_update(x, training)
+            backprops.append(bp)
+        first = self._first_trainable
 
-    def backward(self, dy, need_dx=True):
-        """Backward in reverse order. When the caller needs no input gradient, stop at the
-        first layer that has parameters: layers before it (Flatten, Dropout, ...) have nothing
-        to learn, and that layer can skip its dx GEMM."""
-        stop = 0 if need_dx else self._first_trainable()
-        for i in range(len(self.layers) - 1, stop - 1, -1):
-            dy = self.layers[i].backward(dy, need_dx or i > stop)
-        return dy if stop == 0 else None
+        def backprop(dy, need_dx=True):
+            stop = 0 if need_dx else first
+            for i in range(len(backprops) - 1, stop - 1, -1):
+                dy = backprops[i](dy, need_dx or i > stop)
+            return dy if stop == 0 else None
 
-    def _first_trainable(self) -> int:
-        for i, layer in enumerate(self.layers):
-            if any(leaf.param_specs() for leaf in layer.leaves()):
-                return i
-        return len(self.layers)
+        return x, backprop
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -49,8 +55,8 @@ class Chain(Layer):
         return {"layers": [layer_to_dict(layer) for layer in self.layers], "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
-        layers = config.pop("layers")
+    def from_config(cls, config, builder=None):
+        layers = config.pop("layers", None)
         if not isinstance(layers, list):
             raise ValueError("Chain config 'layers' must be a list")
-        return cls([layer_from_dict(d) for d in layers], **config)
+        return cls([layer_from_dict(d, builder) for d in layers], **config)

@@ -171,21 +171,26 @@ class Conv2D(Layer):
         return (self.out_channels, Ho, Wo)
 
     # -- computation ----------------------------------------------------------------------
-    def forward(self, x, training=False):
-        self._pads, _ = self._geometry(tuple(x.shape))
-        self._x = x
-        z, self._saved = self.ops.conv2d_forward(
-            x, self.params["W"], self.params.get("b"), self.stride, self._pads, self.dilation)
-        y, self._act_saved = self.ops.activation_forward(z, self.activation)
-        return y
+    def call(self, x, training):
+        pads, _ = self._geometry(tuple(x.shape))
+        W = self.params["W"]
+        z, saved = self.ops.conv2d_forward(x, W, self.params.get("b"), self.stride, pads,
+                                           self.dilation)
+        y, act_saved = self.ops.activation_forward(z, self.activation)
 
-    def backward(self, dy, need_dx=True):
-        dz = self.ops.activation_backward(dy, self._act_saved, self.activation)
-        dx, _dW, _db = self.ops.conv2d_backward(
-            dz, self._x, self.params["W"], self._saved, self.stride, self._pads, self.dilation,
-            need_dx, self.grads["W"], self.grads.get("b"))
-        self._saved = self._act_saved = None  # free the im2col buffer
-        return dx
+        def backprop(dy, need_dx=True):
+            nonlocal x, saved, act_saved
+            if saved is None:
+                raise RuntimeError(f"{self.describe()}: backprop called twice; the first call "
+                                   "freed what the forward saved")
+            dz = self.ops.activation_backward(dy, act_saved, self.activation)
+            dx, _dW, _db = self.ops.conv2d_backward(
+                dz, x, W, saved, self.stride, pads, self.dilation, need_dx, self.grads["W"],
+                self.grads.get("b"))
+            x = saved = act_saved = None  # free the im2col buffer
+            return dx
+
+        return y, backprop
 
     def get_config(self):
         init = self.kernel_initializer

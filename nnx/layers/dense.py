@@ -27,9 +27,7 @@ class Dense(Layer):
         name: str | None = None,
     ):
         super().__init__(name)
-        for arg, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Dense {self.name!r}: {arg} must be a positive int, got {v!r}")
+        self._check_positive_ints(in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.activation = check_activation(activation, f"activation of Dense {self.name!r}")
         self.use_bias = bool(use_bias)
@@ -55,26 +53,25 @@ class Dense(Layer):
             )
         return specs
 
-    def forward(self, x, training=False):
+    def call(self, x, training):
         self._check_last_dim(x, self.in_features)
-        self._x = x
-        y, self._saved = self.ops.dense_forward(
-            x, self.params["W"], self.params.get("b"), self.activation
-        )
-        return y
+        W = self.params["W"]
+        y, saved = self.ops.dense_forward(x, W, self.params.get("b"), self.activation)
 
-    def backward(self, dy, need_dx=True):
-        dx, _dW, _db = self.ops.dense_backward(
-            dy,
-            self._x,
-            self.params["W"],
-            self._saved,
-            self.activation,
-            need_dx,
-            self.grads["W"],
-            self.grads.get("b"),
-        )
-        return dx
+        def backprop(dy, need_dx=True):
+            dx, _dW, _db = self.ops.dense_backward(
+                dy,
+                x,
+                W,
+                saved,
+                self.activation,
+                need_dx,
+                self.grads["W"],
+                self.grads.get("b"),
+            )
+            return dx
+
+        return y, backprop
 
     def output_shape(self, input_shape):
         return (*input_shape[:-1], self.out_features)

@@ -12,15 +12,19 @@ class Dropout(Layer):
             raise ValueError(f"Dropout {self.name!r}: rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
 
-    def forward(self, x, training=False):
-        self._mask = None
+    def call(self, x, training):
         if not training or self.rate == 0.0:
-            return x
-        y, self._mask = self.ops.dropout_forward(x, self.rate)
-        return y
+            return x, _identity_backprop
+        y, mask = self.ops.dropout_forward(x, self.rate)
 
-    def backward(self, dy, need_dx=True):
-        return dy if self._mask is None else self.ops.backprop_dropout(dy, self._mask)
+        def backprop(dy, need_dx=True):
+            return self.ops.backprop_dropout(dy, mask) if need_dx else None
+
+        return y, backprop
 
     def get_config(self):
         return {"rate": self.rate, "name": self.name}
+
+
+def _identity_backprop(dy, need_dx=True):
+    return dy if need_dx else None

@@ -18,16 +18,13 @@ class Embedding(Layer):
     Input: integer ids (floats holding whole numbers are accepted) in [0, num_embeddings);
     an id out of range raises InputError naming the layer, the offending id and
     num_embeddings (the check reads the ids' min and max back to the host, one small sync on
-    a GPU). The ids get no gradient: `backward` returns None, so Embedding is a first layer.
+    a GPU). The ids get no gradient: `backprop` returns None, so Embedding is a first layer.
     Weights (get_weights order): W (num_embeddings, embedding_dim), initialized U(-0.05, 0.05);
     PyTorch's nn.Embedding.weight is the same matrix (no transpose)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, name: str | None = None):
         super().__init__(name)
-        for arg, v in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Embedding {self.name!r}: {arg} must be a positive int, "
-                                 f"got {v!r}")
+        self._check_positive_ints(num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
 
     def param_specs(self):
@@ -54,14 +51,15 @@ class Embedding(Layer):
                 )
         return ids
 
-    def forward(self, x, training=False):
-        self._ids = self._check_ids(x)
-        return self.ops.embedding_forward(self._ids, self.params["W"])
+    def call(self, x, training):
+        ids = self._check_ids(x)
+        W = self.params["W"]
 
-    def backward(self, dy, need_dx=True):
-        self.ops.embedding_backward(dy, self._ids, tuple(self.params["W"].shape),
-                                    self.grads["W"])
-        return None
+        def backprop(dy, need_dx=True):
+            self.ops.embedding_backward(dy, ids, tuple(W.shape), self.grads["W"])
+            return None
+
+        return self.ops.embedding_forward(ids, W), backprop
 
     def output_shape(self, input_shape):
         return (*input_shape, self.embedding_dim)

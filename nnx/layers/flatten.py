@@ -8,12 +8,13 @@ from .base import Layer
 
 
 class Flatten(Layer):
-    def forward(self, x, training=False):
-        self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+    def call(self, x, training):
+        shape = x.shape
 
-    def backward(self, dy, need_dx=True):
-        return dy.reshape(self._shape)
+        def backprop(dy, need_dx=True):
+            return dy.reshape(shape) if need_dx else None
+
+        return x.reshape(x.shape[0], -1), backprop
 
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)

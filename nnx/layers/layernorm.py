@@ -43,17 +43,22 @@ class LayerNorm(Layer):
         self._check((None, *input_shape))
         return tuple(input_shape)
 
-    def forward(self, x, training=False):
+    def call(self, x, training):
         self._check(tuple(x.shape))
-        y, self._saved = self.ops.layernorm_forward(x, self.params["gamma"], self.params["beta"],
-                                                    self.eps)
-        return y
+        y, saved = self.ops.layernorm_forward(x, self.params["gamma"], self.params["beta"],
+                                              self.eps)
 
-    def backward(self, dy, need_dx=True):
-        dx, _dg, _db = self.ops.layernorm_backward(dy, self._saved, need_dx,
-                                                   self.grads["gamma"], self.grads["beta"])
-        self._saved = None
-        return dx
+        def backprop(dy, need_dx=True):
+            nonlocal saved
+            if saved is None:
+                raise RuntimeError(f"{self.describe()}: backprop called twice; the first call "
+                                   "freed what the forward saved")
+            dx, _dg, _db = self.ops.layernorm_backward(dy, saved, need_dx,
+                                                       self.grads["gamma"], self.grads["beta"])
+            saved = None
+            return dx
+
+        return y, backprop
 
     def get_config(self):
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,

@@ -10,14 +10,15 @@ bias_ih_l0 + bias_hh_l0 = b, i.e. `set_weights([w_ih.T, w_hh.T, b_ih + b_hh])`.
 Initialization (Keras's): W_ih Glorot-uniform, W_hh orthogonal, b zeros except the forget gate
 block, which starts at 1 (`unit_forget_bias`), so early training does not forget everything.
 
-Initial states: `set_initial_state(h0, c0)` or `forward(x, training, initial_state=(h0, c0))`;
-see `nnx.layers.simple_rnn` for the semantics, `final_state` and `initial_state_grads`.
+Initial states: `set_initial_state(h0, c0)` or `initial_state=(h0, c0)` in
+`forward_with_state` / `begin_update_with_state`, whose final states are (h_T, c_T) and whose
+state gradients are (dh0, dc0); see `nnx.layers.recurrent` for the semantics.
 """
 
 from __future__ import annotations
 
 from .base import ParamSpec
-from .simple_rnn import RecurrentLayer
+from .recurrent import RecurrentLayer
 
 
 def unit_forget_bias(rng, shape, fan):
@@ -41,24 +42,20 @@ class LSTM(RecurrentLayer):
         init = unit_forget_bias if self.unit_forget_bias else "zeros"
         return [*self._weight_specs(), ParamSpec("b", (4 * self.hidden_size,), init)]
 
-    def forward(self, x, training=False, initial_state=None):
-        self._check_input(x)
-        h0, c0 = self._initial_states(initial_state, x.shape[0])
-        self._x = x
-        hs, self._saved = self.ops.lstm_forward(x, self.params["W_ih"], self.params["W_hh"],
-                                                self.params["b"], h0, c0)
-        self.final_state = (hs[:, -1], self.ops.lstm_final_cell(self._saved))
-        return hs if self.return_sequences else hs[:, -1]
+    def _scan(self, x, states):
+        h0, c0 = states
+        hs, saved = self.ops.lstm_forward(x, self.params["W_ih"], self.params["W_hh"],
+                                          self.params["b"], h0, c0)
 
-    def backward(self, dy, need_dx=True):
-        dhs, dh_last = self._split_dy(dy)
-        dx, _, _, _, dh0, dc0 = self.ops.lstm_backward(
-            dhs, self._x, self.params["W_ih"], self.params["W_hh"], self._saved, dh_last, None,
-            need_dx, self._given_shapes is not None,
-            self.grads["W_ih"], self.grads["W_hh"], self.grads["b"],
-        )
-        self._state_grads((dh0, dc0))
-        return dx
+        def bptt(dhs, dh_last, need_dx, need_dh0):
+            dx, _, _, _, dh0, dc0 = self.ops.lstm_backward(
+                dhs, x, self.params["W_ih"], self.params["W_hh"], saved, dh_last, None,
+                need_dx, need_dh0,
+                self.grads["W_ih"], self.grads["W_hh"], self.grads["b"],
+            )
+            return dx, (dh0, dc0)
+
+        return hs, (hs[:, -1], self.ops.lstm_final_cell(saved)), bptt
 
     def get_config(self):
         cfg = super().get_config()

@@ -41,15 +41,16 @@ class Reshape(Layer):
                 f"{(None, *sample_shape)} ({size} elements per sample)")
         return out
 
-    def forward(self, x, training=False):
+    def call(self, x, training):
         if x.ndim < 1:
             raise ShapeError(f"Reshape {self.name!r}: expected input of shape (batch, ...), "
                              f"got shape {tuple(x.shape)}")
-        self._shape = tuple(x.shape)
-        return x.reshape((x.shape[0], *self._resolve(tuple(x.shape[1:]))))
+        shape = tuple(x.shape)
 
-    def backward(self, dy, need_dx=True):
-        return dy.reshape(self._shape)
+        def backprop(dy, need_dx=True):
+            return dy.reshape(shape) if need_dx else None
+
+        return x.reshape((x.shape[0], *self._resolve(shape[1:]))), backprop
 
     def output_shape(self, input_shape):
         return self._resolve(tuple(input_shape))

@@ -19,16 +19,17 @@ class SequencePool(Layer):
                              f"{', '.join(MODES)}, got {mode!r}")
         self.mode = mode
 
-    def forward(self, x, training=False):
+    def call(self, x, training):
         if x.ndim != 3 or x.shape[1] < 1:
             raise ShapeError(f"{type(self).__name__} {self.name!r}: expected input of shape "
                              f"(batch, time, features) with time >= 1, got shape "
                              f"{tuple(x.shape)}")
-        self._shape = tuple(x.shape)
-        return self.ops.sequence_pool_forward(x, self.mode)
+        shape = tuple(x.shape)
 
-    def backward(self, dy, need_dx=True):
-        return self.ops.sequence_pool_backward(dy, self._shape, self.mode) if need_dx else None
+        def backprop(dy, need_dx=True):
+            return self.ops.sequence_pool_backward(dy, shape, self.mode) if need_dx else None
+
+        return self.ops.sequence_pool_forward(x, self.mode), backprop
 
     def output_shape(self, input_shape):
         return tuple(input_shape[1:])

@@ -63,11 +63,8 @@ class TransformerEncoderBlock(Layer):
     def sublayers(self):
         return [self.body]
 
-    def forward(self, x, training=False):
-        return self.body.forward(x, training)
-
-    def backward(self, dy, need_dx=True):
-        return self.body.backward(dy, need_dx)
+    def call(self, x, training):
+        return self.body.begin_update(x, training)
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

@@ -26,9 +26,9 @@ def build(backend=None, seed=0, dtype="float32", channels=(32, 64), hidden: int 
           dropout: float = 0.25, batchnorm: bool = False, image_size: int = 28,
           num_classes: int = 10):
     import nnx
+    from nnx.layers import MaxPool2D
     from nnx.layers.batchnorm import BatchNorm2d
     from nnx.layers.conv2d import Conv2D
-    from nnx.layers.pooling import MaxPool2D
 
     layers = []
     c_in, size = 1, image_size

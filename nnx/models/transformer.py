@@ -24,9 +24,9 @@ def build(backend=None, seed=0, dtype="float32", vocab_size: int | None = None,
           mlp_dim: int = 128, depth: int = 2, num_classes: int = 10, dropout: float = 0.0,
           pool: str = "mean", causal: bool = False):
     import nnx
-    from nnx.layers.attention import PositionalEmbedding
     from nnx.layers.embedding import Embedding
     from nnx.layers.layernorm import LayerNorm
+    from nnx.layers.positional import PositionalEmbedding
     from nnx.layers.sequence_pool import SequencePool
     from nnx.layers.transformer import TransformerEncoderBlock
 

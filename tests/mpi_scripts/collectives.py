@@ -102,9 +102,16 @@ assert_close(model.get_weights(), ref.get_weights(), "low-level loop")
 
 
 # -- SyncBatchNorm: N ranks normalize like one process with the whole batch ----------------
+def bn_layers(norm):
+    return [nnx.Dense(20, 16, use_bias=False), norm(16), nnx.ReLU(), nnx.Dense(16, 3)]
+
+
 def bn_model(seed, norm):
-    return nnx.Sequential([nnx.Dense(20, 16, use_bias=False), norm(16), nnx.ReLU(),
-                           nnx.Dense(16, 3)], seed=seed, dtype="float64")
+    return nnx.Sequential(bn_layers(norm), seed=seed, dtype="float64")
+
+
+def attributes(objects):
+    return [(type(o), sorted(vars(o))) for o in objects]
 
 
 for n, B in ((45, 8), (42, 8), (40, 7)):
@@ -112,11 +119,20 @@ for n, B in ((45, 8), (42, 8), (40, 7)):
     ref = bn_model(9, BatchNorm1d)
     ref.compile(nnx.Adam(0.01), "softmax_cross_entropy", ["accuracy"])
     ref.fit(x, y, epochs=2, batch_size=B, verbose=0)
-    model = bn_model(9 + rank, BatchNorm1d)
-    assert dist.sync_batchnorm(model) == 1
-    model.compile(dist.DistributedOptimizer(nnx.Adam(0.01), comm), "softmax_cross_entropy",
-                  ["accuracy"])
+    layers = dist.sync_batchnorm(bn_layers(BatchNorm1d))
+    assert sum(isinstance(la, dist.SyncBatchNorm) for la in layers) == 1
+    model = nnx.Sequential(layers, seed=9 + rank, dtype="float64")
+    opt = dist.DistributedOptimizer(nnx.Adam(0.01), comm, overlap=(B == 7), bucket_mb=1e-6)
+    objects = [model, *model.store.layers, opt]
+    before = attributes(objects)
+    model.compile(opt, "softmax_cross_entropy", ["accuracy"])
+    # the strategy works through the seam: nothing of the model, its layers or its optimizer
+    # is replaced (no instance attribute added, no class changed), with 2 ranks and overlap
+    assert attributes(objects) == before, (attributes(objects), before)
+    assert "fit" not in vars(model) and "save" not in vars(model)
+    assert layers[1].sync is opt.strategy.sync_context and layers[1].sync.comm is not comm
     model.fit(x, y, epochs=2, batch_size=B, verbose=0)
+    assert attributes(objects) == before
     assert_close(model.get_weights(), ref.get_weights(), f"SyncBatchNorm n={n} B={B}")
     assert_close(list(model.get_buffers().values()), list(ref.get_buffers().values()),
                  "SyncBatchNorm running statistics")

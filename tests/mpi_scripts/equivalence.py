@@ -52,6 +52,25 @@ assert opt.stats["buckets"] == 2, opt.stats
 run(optimizers()[0], 41, 8, reg=nnx.L2(1e-3), overlap=True, bucket_mb=1e-6)
 run(optimizers()[1], 45, 8, overlap=True)  # one bucket
 
+# a tied layer (used twice) with overlap: its bucket waits for both uses' backward
+def tied_model(seed):
+    shared = nnx.Dense(16, 16, "tanh", name="shared")
+    return nnx.Sequential([nnx.Dense(20, 16, "relu"), shared, shared, nnx.Dense(16, 3)],
+                          seed=seed, dtype="float64")
+
+
+x, y = data(45)
+ref = tied_model(8)
+ref.compile(nnx.SGD(0.1, momentum=0.9), "softmax_cross_entropy")
+ref.fit(x, y, epochs=2, batch_size=8, verbose=0)
+model = tied_model(8 + rank)
+opt = dist.DistributedOptimizer(nnx.SGD(0.1, momentum=0.9), comm, overlap=True, bucket_mb=1e-6)
+model.compile(opt, "softmax_cross_entropy")
+assert [b.uses for b in opt.strategy.buckets] == [1, 2, 1], [b.uses for b in opt.strategy.buckets]
+model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+assert_close(model.get_weights(), ref.get_weights(), "tied layer, overlap")
+assert_same_on_all_ranks(comm, model.get_weights(), "tied layer, overlap")
+
 # float32 on the numba backend: the same up to float32 rounding
 x, y = data(45)
 ref = mlp(seed=5, backend="numba", dtype="float32")

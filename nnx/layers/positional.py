@@ -1,0 +1,49 @@
+"""PositionalEmbedding, for (N, T, dim) sequences.
+
+PositionalEmbedding(max_len, dim): y[:, t] = x[:, t] + P[t], P (max_len, dim) learned
+(initialized N(0, 0.02^2)); a sequence longer than max_len raises ShapeError.
+"""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import Layer, ParamSpec
+
+
+def position_init(rng, shape, fan):
+    """Small normal N(0, 0.02^2) (GPT-2's choice for learned positions)."""
+    return rng.standard_normal(shape) * 0.02
+
+
+class PositionalEmbedding(Layer):
+    """Learned absolute positions: y = x + P[:T] for x of shape (N, T, dim), T <= max_len.
+    Weights (get_weights order): P (max_len, dim)."""
+
+    def __init__(self, max_len: int, dim: int, name: str | None = None):
+        super().__init__(name)
+        self._check_positive_ints(max_len=max_len, dim=dim)
+        self.max_len, self.dim = max_len, dim
+
+    def param_specs(self):
+        return [ParamSpec("P", (self.max_len, self.dim), position_init)]
+
+    def call(self, x, training):
+        if x.ndim != 3 or x.shape[-1] != self.dim or not 1 <= x.shape[1] <= self.max_len:
+            raise ShapeError(f"PositionalEmbedding {self.name!r}: expected input of shape "
+                             f"(batch, time <= {self.max_len}, {self.dim}) (max_len="
+                             f"{self.max_len}, dim={self.dim}), got shape {tuple(x.shape)}")
+        t = x.shape[1]
+
+        def backprop(dy, need_dx=True):
+            dP = self.grads["P"]
+            dy.sum(axis=0, out=dP[:t])
+            dP[t:] = 0
+            return dy if need_dx else None
+
+        return x + self.params["P"][:t], backprop
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {"max_len": self.max_len, "dim": self.dim, "name": self.name}
