@@ -17,7 +17,7 @@ class Loss:
         raise NotImplementedError
 
     def check_targets(self, y, output_shape: tuple, arg: str = "y") -> np.ndarray:
-        y = np.asarray(y)
+        y = y.get() if hasattr(y, "__cuda_array_interface__") else np.asarray(y)
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise InputError(f"{arg} (targets of {self.name}) contains NaN or inf")
         return y

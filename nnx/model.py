@@ -23,7 +23,7 @@ from .hooks import HookList, StepHooks, notify_model_use
 from .layers.base import Layer, _snake
 from .layers.container import Chain
 from .params import ParameterStore
-from .training import Trainer
+from .training import Trainer, collect_loss_terms
 
 _model_counters: dict[str, itertools.count] = {}
 
@@ -156,7 +156,7 @@ class Model:
 
     def _check_xy(self, x, y, arg="x/y"):
         x = self._check_x(x, arg.split("/")[0])
-        y = np.asarray(y)
+        y = self.ops.to_host(y)  # also a CuPy array (whose __array__ refuses)
         if len(x) != len(y):
             raise ShapeError(f"{arg}: x has {len(x)} samples but y has {len(y)}")
         y = self.loss.check_targets(y, self._output_shape(x), arg.split("/")[-1])
@@ -251,19 +251,26 @@ class Model:
         return result
 
     def _evaluate(self, x, y, batch_size):
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, term_sums = 0.0, 0, {}
         with self.hooks.observing():
             for start in range(0, len(x), batch_size):
                 xb = self.ops.asarray(x[start : start + batch_size])
                 yb = self.loss.device_targets(self.ops, y[start : start + batch_size])
-                out = self.net.forward(xb, training=False)
+                with collect_loss_terms() as terms:
+                    out = self.net.forward(xb, training=False)
                 loss, _ = self.loss(self.ops, out, yb)
+                for name, value in terms.items():
+                    loss = loss + value
+                    term_sums[name] = term_sums.get(name, 0.0) + value * len(xb)
                 loss_sum = loss_sum + loss * len(xb)
                 if self.metrics:
                     correct = correct + self.loss.correct(self.ops, out, yb)
-        result = {"loss": self.ops.to_float(loss_sum) / max(len(x), 1)}
+        n = max(len(x), 1)
+        result = {"loss": self.ops.to_float(loss_sum) / n}
         if self.metrics:
-            result["accuracy"] = self.ops.to_float(correct) / max(len(x), 1)
+            result["accuracy"] = self.ops.to_float(correct) / n
+        for name in sorted(term_sums):
+            result[name] = self.ops.to_float(term_sums[name]) / n
         return result
 
     def predict(self, x, batch_size: int = 256):
@@ -321,7 +328,7 @@ class Model:
                 key = f"{layer.name}/{k}"
                 if key not in buffers:
                     raise ValueError(f"set_buffers: missing {key}")
-                arr = np.asarray(buffers[key])
+                arr = self.ops.to_host(buffers[key])
                 if arr.shape != tuple(v.shape):
                     raise ShapeError(
                         f"set_buffers: {key} expects shape {tuple(v.shape)}, got {arr.shape}"

@@ -15,6 +15,20 @@ import time
 import numpy as np
 
 from .errors import TrainingDivergedError
+from .layers.base import LOSS_TERMS
+
+
+class collect_loss_terms:
+    """Collects the `Layer.add_loss` terms of one forward pass (a dict name -> 0-d array)."""
+
+    def __enter__(self):
+        self.terms = {}
+        self.token = LOSS_TERMS.set(self.terms)
+        return self.terms
+
+    def __exit__(self, *exc):
+        LOSS_TERMS.reset(self.token)
+        return False
 
 
 class Trainer:
@@ -24,6 +38,7 @@ class Trainer:
         self.model = model
         self._order_seed = object()
         self._order_rng = None
+        self.last_terms: dict = {}  # the add_loss terms of the last step (name -> 0-d array)
 
     def shuffle_generator(self):
         """The epoch-order generator: seeded from the model's seed once and kept across fit
@@ -40,9 +55,13 @@ class Trainer:
         model = self.model
         hooks = model.hooks
         with hooks.observing():
-            out, backprop = model.net.begin_update(xb, training=True)
+            with collect_loss_terms() as terms:
+                out, backprop = model.net.begin_update(xb, training=True)
             hooks.call("before_loss", model)
             loss, dout = model.loss(model.ops, out, yb)
+            for value in terms.values():
+                loss = loss + value
+            self.last_terms = terms
             hooks.call_reversed("after_loss", model)
             model.store.zero_tied_grads()
             backprop(dout, need_dx=False)
@@ -62,6 +81,7 @@ class Trainer:
         hooks.call("begin_step", model, n, n_global)
         try:
             if n == 0:  # an empty share of a global batch (more processes than samples)
+                self.last_terms = {}
                 model.store.grads[...] = 0
                 hooks.call("empty_step", model)
                 loss = model.ops.zeros(())
@@ -86,6 +106,7 @@ class Trainer:
             t0 = time.perf_counter()
             order = order_rng.permutation(n) if plan["shuffle"] else np.arange(n)
             loss_sum, correct, seen = 0.0, 0, 0
+            term_sums: dict = {}
             for bi, start in enumerate(range(0, n, batch_size)):
                 batch = order[start : start + batch_size]
                 idx = hooks.split_batch(batch)
@@ -94,6 +115,8 @@ class Trainer:
                 loss, out = self.step(xb, yb, len(batch))
                 m = len(xb)
                 loss_sum = loss_sum + loss * m
+                for name, value in self.last_terms.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value * m
                 if model.metrics and m:
                     correct = correct + loss_fn.correct(ops, out, yb)
                 seen += m
@@ -102,11 +125,15 @@ class Trainer:
                 cbs.on_batch_end(bi, {"seen": seen, "loss_sum": loss_sum, "correct": correct})
                 if model.stop_training:
                     break
+            names = sorted(term_sums)
             sums = [ops.to_float(loss_sum), ops.to_float(correct), seen]
-            loss_sum, correct, seen = hooks.end_epoch(model, sums)
+            sums += [ops.to_float(term_sums[k]) for k in names]
+            loss_sum, correct, seen, *terms = hooks.end_epoch(model, sums)
             logs = {"loss": self.check_running(loss_sum, seen)}
             if model.metrics:
                 logs["accuracy"] = float(correct) / max(seen, 1)
+            for name, value in zip(names, terms, strict=True):
+                logs[name] = value / max(seen, 1)
             logs["time"] = time.perf_counter() - t0
             logs["samples_per_s"] = seen / logs["time"] if logs["time"] > 0 else float("inf")
             if validation_data is not None:

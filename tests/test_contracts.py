@@ -14,6 +14,7 @@ from nnx import models
 from nnx.errors import ShapeError
 from nnx.hooks import StepHooks
 from nnx.testing import gradcheck
+from nnx.training import collect_loss_terms
 
 CPU = [b for b in nnx.available_backends() if b in ("numpy", "numba")]
 
@@ -295,3 +296,58 @@ def test_checkpoint_members_are_checked(tmp_path):
     _rewrite(tmp_path / "m.npz", tmp_path / "step.npz", negative_step)
     with pytest.raises(nnx.CheckpointError, match="optimizer_step"):
         nnx.load(tmp_path / "step.npz")
+
+
+# -- Layer.add_loss: auxiliary terms in the loss, its gradient and the history --------------------
+class ActivityPenalty(nnx.Layer):
+    """Identity that adds w * mean over samples of sum(x^2) through add_loss."""
+
+    def __init__(self, w=0.1, name=None):
+        super().__init__(name)
+        self.w = w
+
+    def call(self, x, training):
+        n = x.shape[0]
+        self.add_loss((x * x).sum() * (self.w / n), "act")
+
+        def backprop(dy, need_dx=True):
+            return dy + x * (2 * self.w / n) if need_dx else None
+
+        return x, backprop
+
+    def get_config(self):
+        return {"w": self.w, "name": self.name}
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_add_loss_terms_enter_loss_gradient_and_history(backend):
+    x, y = data(n=48, f=5)
+    model = nnx.Sequential([nnx.Dense(5, 8, "tanh"), ActivityPenalty(0.3), nnx.Dense(8, 3)],
+                           backend=backend, dtype="float64")
+    model.compile(nnx.SGD(0.1), "softmax_cross_entropy")
+    loss, grads = model.loss_and_grads(x, y)
+    bare = nnx.Sequential([nnx.Dense(5, 8, "tanh"), nnx.Dense(8, 3)], backend=backend,
+                          dtype="float64").compile(nnx.SGD(0.1), "softmax_cross_entropy")
+    bare.set_weights(model.get_weights())
+    h = np.tanh(x.astype(np.float64) @ model.get_weights()[0] + model.get_weights()[1])
+    assert loss == pytest.approx(bare.loss_and_grads(x, y)[0] + 0.3 * (h * h).sum() / 48,
+                                 rel=1e-12)
+    w = model.get_weights()
+    eps = 1e-6
+    for idx in [(0, 0), (2, 5), (4, 7)]:
+        vals = []
+        for sign in (1, -1):
+            w2 = [a.copy() for a in w]
+            w2[0][idx] += sign * eps
+            model.set_weights(w2)
+            vals.append(model.loss_and_grads(x, y)[0])
+        model.set_weights(w)
+        assert grads[0][idx] == pytest.approx((vals[0] - vals[1]) / (2 * eps), rel=1e-6)
+    hist = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert len(hist.history["act"]) == 2 and hist.history["act"][0] > 0
+    assert hist.history["loss"][0] > hist.history["act"][0]
+    result = model.evaluate(x, y)
+    assert result["act"] > 0 and result["loss"] > result["act"]
+    with pytest.raises(ValueError, match="add_loss name"):
+        with collect_loss_terms():
+            ActivityPenalty(name="p").add_loss(1.0, "loss")

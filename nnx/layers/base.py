@@ -43,6 +43,9 @@ _counters: dict[str, itertools.count] = {}
 # events). It has one method: leaf_call(layer, x, training) -> (y, backprop), which must call
 # `layer.run(x, training)`.
 LEAF_OBSERVER: contextvars.ContextVar = contextvars.ContextVar("nnx_leaf_observer", default=None)
+# The collector of `add_loss` terms of the running training step or evaluation (None elsewhere).
+LOSS_TERMS: contextvars.ContextVar = contextvars.ContextVar("nnx_loss_terms", default=None)
+RESERVED_TERMS = frozenset({"loss", "accuracy", "time", "samples_per_s"})
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,21 @@ class Layer:
     def output_shape(self, input_shape: tuple) -> tuple:
         """Shape of the output for an input shape (without the batch axis)."""
         return input_shape
+
+    def add_loss(self, value, name: str = "aux_loss") -> None:
+        """Add `value` (a 0-d backend array, already weighted) to the loss of the running
+        training step or evaluation; it is reported per term in the history under `name`
+        (terms with the same name are summed) and included in `loss`. Outside a step (a plain
+        `forward`, `predict`) it is dropped. The term's gradient is the layer's own job: its
+        backprop adds d(value)/d(input) to dx (and to its parameter gradients), as `Sampling`
+        does for its KL term."""
+        terms = LOSS_TERMS.get()
+        if terms is None:
+            return
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_TERMS:
+            raise ValueError(f"{self.describe()}: add_loss name must be an identifier other "
+                             f"than {sorted(RESERVED_TERMS)}, got {name!r}")
+        terms[name] = terms[name] + value if name in terms else value
 
     # -- configuration --------------------------------------------------------------------
     def get_config(self) -> dict:
