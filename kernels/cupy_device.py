@@ -122,25 +122,32 @@ class DeviceMixin:
         return int(device)
 
     def _check_tf32(self, tf32: bool) -> bool:
+        """The effective `tf32` option. Every float32 GEMM of this Ops sets CuPy's compute type
+        for itself (TF32 when True, CuPy's default FP32 when False), so `tf32=False` also holds
+        when the user set CUPY_TF32=1 (CuPy latches that variable at its first float32 GEMM)."""
+        xp = self.xp
+        rl = _linalg(xp)
+        if rl is None:
+            # A CuPy without the per-GEMM switch: nothing here can choose the compute type.
+            # (Setting CUPY_TF32 from here would be dead code: CuPy 13/14 read it once, at the
+            # first float32 GEMM of the process, and they have the switch anyway.)
+            env_tf32 = os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
+            if tf32 or env_tf32:
+                warnings.warn(
+                    f"this CuPy has no per-GEMM compute-type switch: tf32={tf32} cannot be "
+                    f"applied; float32 GEMMs follow CUPY_TF32 "
+                    f"({os.environ.get('CUPY_TF32', 'unset')})",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return False
         if not tf32:
             return False
-        xp = self.xp
         cc = int(xp.cuda.Device(self._device_id).compute_capability)
         if cc < 80:
             warnings.warn(
                 f"tf32=True ignored: TF32 needs compute capability >= 8.0, device "
                 f"{self._device_id} has {cc // 10}.{cc % 10}",
-                UserWarning,
-                stacklevel=3,
-            )
-            return False
-        if _linalg(xp) is None:
-            # Older/newer CuPy without the switch: the environment variable is read once, at
-            # the first float32 GEMM of the process, so this works only if none ran yet.
-            os.environ["CUPY_TF32"] = "1"
-            warnings.warn(
-                "this CuPy has no per-GEMM compute-type switch; set CUPY_TF32=1 instead "
-                "(effective only before the first float32 matmul of the process)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -175,17 +182,20 @@ class DeviceMixin:
         return self._scope()
 
     def _matmul(self, a, b, out=None):
-        """a @ b; float32 GEMMs on TF32 tensor cores when `tf32` is on (CuPy's compute type
-        is switched for this GEMM only and restored after)."""
+        """a @ b. A float32 GEMM runs with the compute type this Ops chose: TF32 tensor cores
+        with `tf32=True`, full FP32 otherwise, whatever CUPY_TF32 says (CuPy's process-wide
+        setting is switched for this GEMM only and restored after)."""
         xp = self.xp
-        if self.tf32 and a.dtype == numpy.float32 and b.dtype == numpy.float32:
-            rl = _linalg(xp)
+        rl = _linalg(xp) if a.dtype == numpy.float32 and b.dtype == numpy.float32 else None
+        if rl is not None:
+            want = rl.COMPUTE_TYPE_TF32 if self.tf32 else rl.COMPUTE_TYPE_DEFAULT
             prev = rl.get_compute_type(numpy.float32)
-            rl.set_compute_type(numpy.float32, rl.COMPUTE_TYPE_TF32)
-            try:
-                return xp.matmul(a, b, out=out)
-            finally:
-                rl.set_compute_type(numpy.float32, prev)
+            if prev != want:
+                rl.set_compute_type(numpy.float32, want)
+                try:
+                    return xp.matmul(a, b, out=out)
+                finally:
+                    rl.set_compute_type(numpy.float32, prev)
         return xp.matmul(a, b, out=out)
 
     # -- arrays, memory, randomness -------------------------------------------------------
@@ -240,13 +250,47 @@ class DeviceMixin:
         return x
 
     def take_batch(self, data, index):
-        """One batch of `device_dataset` output, as a device array (floats in the dtype);
-        a NumPy index into a device-resident dataset is moved to the device first."""
+        """One batch of `device_dataset` output, as a device array (floats in the dtype).
+
+        A NumPy index into a device-resident dataset must go to the device. fit takes x's and
+        y's batch with the same slice of the epoch's permutation, so the whole permutation
+        (the index's base array) is uploaded once and each batch is a slice of that device
+        copy: one upload per epoch instead of two per batch. The batch's values are compared
+        with the host copy the upload was made from (host work only), so a base array
+        changed in place is uploaded again rather than read stale."""
         xp = self.xp
         with self._scope():
             if isinstance(data, xp.ndarray) and isinstance(index, numpy.ndarray):
-                index = xp.asarray(index)
+                index = self._device_index(index)
             return self.asarray(data[index])
+
+    def _device_index(self, index: numpy.ndarray):
+        """`index` on the device, as a slice of the cached upload of its base array when it
+        is a 1-D strided view of one (fit's batches), else a fresh upload."""
+        base = index.base
+        if (
+            index.ndim != 1
+            or not isinstance(base, numpy.ndarray)
+            or base.ndim != 1
+            or base.dtype != index.dtype
+            or base.strides[0] != index.itemsize
+            or index.strides[0] <= 0
+            or index.strides[0] % index.itemsize
+        ):
+            return self.xp.asarray(index)
+        offset = index.ctypes.data - base.ctypes.data
+        if offset % index.itemsize:
+            return self.xp.asarray(index)
+        start, step = offset // index.itemsize, index.strides[0] // index.itemsize
+        stop = start + step * (len(index) - 1) + 1 if len(index) else start
+        cached = getattr(self, "_index_cache", None)
+        if cached is None or cached[0] is not base or not numpy.array_equal(
+            cached[1][start:stop:step], index
+        ):
+            host = base.copy()  # what the device copy holds, to validate later slices
+            cached = (base, host, self.xp.asarray(host))
+            self._index_cache = cached
+        return cached[2][start:stop:step]
 
     @staticmethod
     def _convert_message(x) -> str:

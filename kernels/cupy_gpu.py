@@ -5,13 +5,18 @@ What is fused here (everything else is the reference running on CuPy arrays):
 
 - `dense_forward`: cuBLAS GEMM (`cupy.matmul`) + ONE epilogue kernel for bias + activation
   (identity, relu, leaky_relu, sigmoid, tanh, gelu; softmax as a row kernel).
-- `dense_backward`: ONE kernel for act'(saved) * dy, the bias gradient as a column sum written
-  into `db_out`, and the two GEMMs (`out=dW_out` where the dtypes allow).
+- `dense_backward`: ONE kernel for dz = act'(saved) * dy together with the bias gradient, the
+  column sums of dz (`nnx_act_bwd_colsum_*`: tiles of 32 columns x row chunks, summed in a
+  fixed order, plus `nnx_colsum_*` to add the chunks: deterministic, no atomics, no strided
+  CuPy reduction), written into `db_out`; then the two GEMMs, dW straight into `dW_out`
+  (fp16: cuBLAS GemmEx with a float32 output). Softmax's derivative is a row kernel, so there
+  the column sums are a second pass.
 - `softmax_cross_entropy`: forward and backward in ONE row kernel (block per row); int32/int64
   labels or one-hot/probability targets; the loss stays a 0-d device array (no host sync).
   Labels outside [0, C) cannot raise without a sync: their rows get a NaN loss and gradient
   (NumPy would raise, or wrap negative labels around).
-- `sgd_update` / `adam_update` (AdamW with `decoupled=True`): ONE launch over the flat buffer.
+- `sgd_update` / `adam_update` (AdamW with `decoupled=True`): ONE launch over the flat buffer
+  (cupy_optim.py; step-dependent scalars from a device buffer inside CUDA graphs).
 - `dropout_forward`: uniform numbers from the backend's CuPy generator + ONE mask kernel.
 - `activation_forward` / `activation_backward` for the activations above.
 
@@ -20,8 +25,9 @@ Options (`nnx.use_backend("cupy", device=1, precision="fp16")` passes them here)
 - `device`: None pins the Ops to the device current when it is created; an int selects one.
   Every override runs under `cupy.cuda.Device(device)`, so arrays it creates live there.
 - `tf32`: float32 GEMMs on tensor cores with TF32 inputs (compute capability >= 8.0), switched
-  per GEMM through CuPy's compute-type setting, so other CuPy code is not affected. With
-  precision="bf16" it costs no accuracy at all: bf16 values are exact in TF32.
+  per GEMM through CuPy's compute-type setting, so other CuPy code is not affected; `tf32=False`
+  runs this Ops' float32 GEMMs in full FP32 even under CUPY_TF32=1. With precision="bf16" it
+  costs no accuracy at all: bf16 values are exact in TF32.
 - `precision`: None (everything in `dtype`), "fp16" or "bf16" (mixed precision: see
   cupy_mixed.py, with loss scaling).
 
@@ -32,7 +38,10 @@ CupyOps is put together from one module per job; each explains its part:
   array methods (asarray, zeros, to_host, ...) on the device (`DeviceMixin`).
 - `cupy_mixed.py`: mixed precision and loss scaling, and their limitations
   (`MixedPrecisionMixin`); the kernels they need are launched here, with all the others.
-- `cupy_graphs.py`: EXPERIMENTAL CUDA graph capture (`capture_graph`).
+- `cupy_optim.py`: the fused SGD / Adam updates and the loss-scaling checks around them
+  (`OptimizerMixin`).
+- `cupy_graphs.py`: EXPERIMENTAL CUDA graph capture (`capture_graph`): stream ordering with
+  the caller's stream, and the optimizer scalars refreshed before each replay.
 
 What tests, tools and nnx.backends.cupy import from here is re-exported below.
 
@@ -41,7 +50,6 @@ Everything here imports without CuPy: the class exists (xp = None) and refuses t
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy
@@ -53,7 +61,8 @@ from nnx.errors import DeviceOutOfMemoryError as DeviceOutOfMemoryError
 from .cupy_device import INSTALL_HINT, DeviceMixin, scope_inherited
 from .cupy_graphs import CapturedGraph as CapturedGraph
 from .cupy_graphs import capture_graph as capture_graph
-from .cupy_mixed import MixedPrecisionMixin, parse_loss_scale, parse_precision
+from .cupy_mixed import IdentityMemo, MixedPrecisionMixin, parse_loss_scale, parse_precision
+from .cupy_optim import OptimizerMixin
 from .cupy_source import _INT32_MAX, BLOCK, _grid, _Kernel, _row_threads, get_kernel, kernel_names
 from .cupy_source import _POINTER_DTYPES as _POINTER_DTYPES
 from .cupy_source import _SCALAR_TYPES as _SCALAR_TYPES
@@ -75,7 +84,7 @@ _ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4
 # -- the backend -----------------------------------------------------------------------------
 
 
-class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
+class CupyOps(DeviceMixin, MixedPrecisionMixin, OptimizerMixin, Ops):
     """The reference kernels on CuPy arrays, with fused CUDA kernels on the hot paths."""
 
     name = "cupy"
@@ -130,6 +139,9 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                 numpy.dtype(t): xp.zeros((1,), dtype=t)
                 for t in (numpy.float16, numpy.float32, numpy.float64)
             }
+        self._index_cache = None  # take_batch's uploaded epoch permutation (cupy_device.py)
+        self._casts = IdentityMemo()  # (x, W) -> the forward's GEMM operands, for its backward
+        self._bf16_exact = IdentityMemo()  # arrays a bf16 kernel wrote (exact in bf16)
 
     def __repr__(self) -> str:
         extra = f" precision={self.precision}" if self.precision else ""
@@ -188,8 +200,9 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                 if activation == "softmax":
                     self._softmax_rows(xc, None, y, variant)
                 else:
-                    cols = xc.shape[-1] if xc.ndim else 1
-                    bias, _ = self._bias_arg(None, variant, cols)
+                    # no bias: `cols` is never read, so pass 1 (not the row length, which
+                    # could be any size)
+                    bias, _ = self._bias_arg(None, variant, 1)
                     self._k("nnx_bias_act_" + variant)(
                         _grid(xc.size, self.max_grid),
                         BLOCK,
@@ -198,12 +211,12 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                         y,
                         y,
                         xc.size,
-                        max(cols, 1),
+                        1,
                         _ACT_CODES[activation],
                         0,
                         0,
                     )
-            return y, (x if activation == "gelu" else y)
+            return self._mark_bf16(y), (x if activation == "gelu" else y)
 
     def activation_backward(self, dy, saved, activation: str):
         if activation == "identity":
@@ -212,7 +225,7 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
         if variant is None or (activation not in _ACT_CODES and activation != "softmax"):
             return super().activation_backward(dy, saved, activation)
         with self._scope():
-            return self._act_backward(dy, saved, activation, variant)
+            return self._mark_bf16(self._act_backward(dy, saved, activation, variant))
 
     def _act_backward(self, dy, saved, activation, variant):
         xp = self.xp
@@ -252,7 +265,12 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
         with self._scope():
             lead = x.shape[:-1]
             x2 = x.reshape(-1, x.shape[-1])
-            z = self._matmul(self._gemm_operand(x2), self._gemm_operand(W))
+            xg, Wg = self._gemm_operand(x2, src=x), self._gemm_operand(W)
+            if self.precision is not None:
+                # the backward of this call reuses the casts; an operand that is x itself (a
+                # view: fp16 input, or bf16-exact) is not kept, or the entry would keep x alive
+                self._casts.put(x, W, value=(None if xg is x2 else xg, Wg))
+            z = self._matmul(xg, Wg)
             variant = self._variant(z.dtype)
             if variant is None:  # e.g. integer inputs: the reference path
                 if b is not None:
@@ -265,10 +283,11 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                 if n:
                     self._softmax_rows(z, b, z, variant)
                 y, saved = z, z
-            elif activation == "gelu":
-                y = xp.empty_like(z)
-                if n:
-                    bias, has_bias = self._bias_arg(b, variant, cols)
+            else:
+                bias, has_bias = self._bias_arg(b, variant, cols)
+                gelu = activation == "gelu"
+                y = xp.empty_like(z) if gelu else z
+                if n and (has_bias or activation != "identity" or variant == "bf16"):
                     self._k("nnx_bias_act_" + variant)(
                         _grid(n, self.max_grid),
                         BLOCK,
@@ -277,67 +296,98 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                         y,
                         z,
                         n,
-                        cols,
-                        _ACT_CODES["gelu"],
-                        has_bias,
-                        1,
-                    )
-                saved = z
-            else:
-                bias, has_bias = self._bias_arg(b, variant, cols)
-                if n and (has_bias or activation != "identity" or variant == "bf16"):
-                    self._k("nnx_bias_act_" + variant)(
-                        _grid(n, self.max_grid),
-                        BLOCK,
-                        z,
-                        bias,
-                        z,
-                        z,
-                        n,
-                        cols,
+                        cols if has_bias else 1,
                         _ACT_CODES[activation],
                         has_bias,
-                        0,
+                        int(gelu),
                     )
-                y, saved = z, (None if activation == "identity" else z)
-            return y.reshape(*lead, cols), saved
+                saved = z if gelu else (None if activation == "identity" else z)
+            return self._mark_bf16(y.reshape(*lead, cols)), saved
 
     def dense_backward(
         self, dy, x, W, saved, activation="identity", need_dx=True, dW_out=None, db_out=None
     ):
-        """(dx, dW, db) of dense_forward. `db` is None for a layer without bias only when
-        `db_out` is None and the caller ignores it; the bias gradient is cheap either way."""
+        """(dx, dW, db) of dense_forward. The activation derivative and the bias gradient are
+        one kernel (`_act_backward_colsum`); dW and dx are GEMMs on the forward's operands."""
         if activation not in _ACT_CODES and activation != "softmax":
             return super().dense_backward(dy, x, W, saved, activation, need_dx, dW_out, db_out)
         with self._scope():
             x2 = x.reshape(-1, x.shape[-1])
             dy2 = dy.reshape(-1, W.shape[1])
+            cast = self._casts.pop(x, W) if self.precision is not None else None
+            if cast is None:
+                xg, Wg = self._gemm_operand(x2, src=x), self._gemm_operand(W)
+            else:
+                xg, Wg = (x2 if cast[0] is None else cast[0]), cast[1]
+            grad_dtype = numpy.dtype(W.dtype)
             if activation == "identity" or saved is None:
                 act_dtype = self._act_dtype(numpy.result_type(x.dtype, W.dtype))
-                dz = dy2.astype(act_dtype, copy=False)
-                if self.precision == "bf16":
-                    dz = self._round_bf16(dz)
+                src, act_saved, act = dy2.astype(act_dtype, copy=False), None, "identity"
+                if self.precision == "bf16" and self._bf16_exact.holds(dy):
+                    act = "exact"  # already rounded by a bf16 kernel: nothing to store
             else:
-                variant = self._variant(saved.dtype)
-                if variant is None:
-                    dz = super().activation_backward(dy2, saved, activation)
-                else:
-                    dz = self._act_backward(dy2, saved.reshape(dy2.shape), activation, variant)
-            grad_dtype = numpy.dtype(W.dtype)
-            dW = self._matmul_into(self._gemm_operand(x2).T, dz, dW_out, grad_dtype)
-            sum_dtype = (
-                db_out.dtype
-                if db_out is not None
-                else (grad_dtype if dz.dtype == numpy.float16 else dz.dtype)
-            )
-            db = dz.sum(axis=0, dtype=sum_dtype, out=db_out)
+                src, act_saved, act = dy2, saved.reshape(dy2.shape), activation
+            dz, db = self._act_backward_colsum(src, act_saved, act, db_out, grad_dtype)
+            dW = self._matmul_into(xg.T, dz, dW_out, grad_dtype)
             dx = None
             if need_dx:
-                dx = self._matmul(dz, self._gemm_operand(W).T)
+                dx = self._matmul(dz, Wg.T)
                 if self.precision == "bf16":
                     dx = self._round_bf16(dx)
-                dx = dx.reshape(x.shape)
+                dx = self._mark_bf16(dx.reshape(x.shape))
             return dx, dW, db
+
+    def _act_backward_colsum(self, dy, saved, activation, db_out, grad_dtype):
+        """(dz, db): dz = act'(saved) * dy in the activation dtype and db its column sums,
+        in ONE pass over dz (`nnx_act_bwd_colsum_*`, deterministic: no atomics), written into
+        `db_out` when it has the accumulation dtype. activation "identity": dz = dy (rounded
+        in bf16), "exact": dz is dy as is. Softmax's row kernel runs first."""
+        xp = self.xp
+        variant = self._variant(saved.dtype if saved is not None else dy.dtype)
+        if variant is None:  # not a float kernel dtype: the reference
+            dz = dy if saved is None else super().activation_backward(dy, saved, activation)
+            return dz, dz.sum(axis=0, dtype=db_out.dtype if db_out is not None else grad_dtype,
+                              out=db_out)
+        if activation == "softmax":  # a row kernel first; then the column sums of its dz
+            dy, saved, activation = self._act_backward(dy, saved, "softmax", variant), None, "exact"
+        dy = xp.ascontiguousarray(dy, dtype=saved.dtype if saved is not None else dy.dtype)
+        rows, cols = dy.shape
+        acc = numpy.dtype(numpy.float64 if variant == "f64" else numpy.float32)
+        write_dz = activation != "exact" and (activation != "identity" or variant == "bf16")
+        dz = xp.empty_like(dy) if write_dz else dy
+        code = _ACT_CODES.get(activation, 0)
+        direct = db_out is not None and db_out.dtype == acc and db_out.flags.c_contiguous
+        db = db_out.reshape(cols) if direct else xp.empty((cols,), dtype=acc)
+        if rows == 0 or cols == 0:
+            db.fill(0)
+        else:
+            tiles = -(-cols // 32)
+            chunks = max(1, min(-(-rows // 32), -(-1024 // tiles)))
+            chunk_rows = -(-rows // chunks)
+            chunks = -(-rows // chunk_rows)
+            partial = db if chunks == 1 else xp.empty((chunks * cols,), dtype=acc)
+            self._k("nnx_act_bwd_colsum_" + variant)(
+                min(tiles * chunks, self.max_grid),
+                BLOCK,
+                dy,
+                saved if saved is not None else dy,
+                dz if write_dz else self._dummy[numpy.dtype(dy.dtype)],
+                partial,
+                rows,
+                cols,
+                code,
+                int(write_dz),
+                chunk_rows,
+            )
+            if chunks > 1:
+                self._k("nnx_colsum_" + ("f64" if variant == "f64" else "f32"))(
+                    _grid(cols, self.max_grid), BLOCK, partial, db, chunks, cols
+                )
+        if db_out is not None:
+            if not direct:
+                xp.copyto(db_out, db.reshape(db_out.shape), casting="unsafe")
+            db = db_out
+        return self._mark_bf16(dz) if write_dz else dz, db
 
     # -- losses ---------------------------------------------------------------------------
     def softmax_cross_entropy(self, logits, labels):
@@ -387,7 +437,7 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                 )
             elif rows:
                 row_loss.fill(numpy.nan)
-            return row_loss.sum(), grad
+            return row_loss.sum(), self._mark_bf16(grad)
 
     def binary_cross_entropy(self, logits, targets):
         """Mean BCE from logits; in mixed precision computed in float32, gradient scaled."""
@@ -439,136 +489,7 @@ class CupyOps(DeviceMixin, MixedPrecisionMixin, Ops):
                 self._k("nnx_dropout_" + variant)(
                     _grid(x.size, self.max_grid), BLOCK, x, u, y, mask, x.size, rate, scale
                 )
-            return y, mask
-
-    # -- optimizers (in place, flat buffers) ----------------------------------------------
-    def _flat_variant(self, params, *others) -> str | None:
-        v = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}.get(
-            numpy.dtype(params.dtype)
-        )
-        if v is None or not params.flags.c_contiguous:
-            return None
-        for a in others:
-            if a.dtype != params.dtype or not a.flags.c_contiguous or a.size != params.size:
-                return None
-        return v
-
-    def _no_fused_update(self, what):
-        if self._scaling:
-            raise ValueError(
-                f"{what} with loss scaling needs C-contiguous float32 params, grads and state "
-                "of equal size (the flat buffers)"
-            )
-
-    def _begin_update(self, grads) -> None:
-        if self._scaling:
-            self._found_inf.fill(0)
-            self._k("nnx_check_finite_" + ("f64" if grads.dtype == numpy.float64 else "f32"))(
-                _grid(grads.size, self.max_grid), BLOCK, grads, grads.size, self._found_inf
-            )
-
-    def _end_update(self) -> None:
-        if self._dynamic:
-            self._k("nnx_update_loss_scale")(
-                1,
-                1,
-                self._loss_scale,
-                self._good_steps,
-                self._found_inf,
-                self._skipped_steps,
-                *self._scale_args,
-            )
-
-    def sgd_update(
-        self,
-        params,
-        grads,
-        velocity,
-        lr: float,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-    ) -> None:
-        """PyTorch's SGD: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v if nesterov else v)."""
-        if momentum and velocity is None:
-            raise ValueError("sgd_update with momentum needs a velocity buffer")
-        state = (velocity,) if momentum else ()
-        variant = self._flat_variant(params, grads, *state)
-        if variant is None:
-            self._no_fused_update("sgd_update")
-            return super().sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay)
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                vel = velocity if momentum else self._dummy[numpy.dtype(params.dtype)]
-                self._k("nnx_sgd_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    vel,
-                    params.size,
-                    float(lr),
-                    float(momentum),
-                    int(bool(nesterov)),
-                    float(weight_decay),
-                    self._loss_scale,
-                    self._found_inf,
-                )
-            self._end_update()
-        return None
-
-    def adam_update(
-        self,
-        params,
-        grads,
-        m,
-        v,
-        step: int,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        decoupled: bool = False,
-    ) -> None:
-        """Adam (decoupled=False: L2 added to the gradient) or AdamW (decoupled weight decay),
-        with PyTorch's bias correction. Scalars are computed in float64 on the host."""
-        variant = self._flat_variant(params, grads, m, v)
-        if variant is None:
-            self._no_fused_update("adam_update")
-            return super().adam_update(
-                params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled
-            )
-        bc1 = 1.0 - beta1**step
-        bc2_sqrt = math.sqrt(1.0 - beta2**step)
-        lr_bc1 = lr / bc1
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                self._k("nnx_adam_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    m,
-                    v,
-                    params.size,
-                    float(lr_bc1),
-                    float(beta1),
-                    1.0 - beta1,
-                    float(beta2),
-                    1.0 - beta2,
-                    float(bc2_sqrt),
-                    float(eps),
-                    float(weight_decay),
-                    1.0 - lr * weight_decay,
-                    int(bool(weight_decay and decoupled)),
-                    self._loss_scale,
-                    self._found_inf,
-                )
-            self._end_update()
-        return None
+            return self._mark_bf16(y), mask
 
 
 # Every public kernel CupyOps inherits unchanged (the reference on CuPy arrays, including the

@@ -2,14 +2,21 @@
 activations take, the casts around the GEMMs, and the loss-scale state kept on the device.
 
 Kept apart from the kernel overrides so the precision policy reads in one place. The kernels
-that round to bfloat16 and check/update the loss scale are launched by CupyOps (`_round_bf16`,
-`_begin_update`, `_end_update` in cupy_gpu.py) with every other launch: the tests check the
-kernel names used in that one file against the CUDA sources.
+that round to bfloat16 and check/update the loss scale are launched by CupyOps (`_round_bf16`
+in cupy_gpu.py, `_begin_update` / `_end_update` in cupy_optim.py): the tests check the kernel
+names used in the cupy_*.py files against the CUDA sources.
 
 Mixed precision (`precision="fp16"|"bf16"`, `dtype` must be float32): parameters, gradients
 and optimizer state stay float32 in the flat buffers (master weights); activations and their
-gradients are half precision; every GEMM casts its weight operand per call and accumulates in
-float32 (cuBLAS compute type 32F). "bf16" is emulated: CuPy has no stable bfloat16 dtype, so
+gradients are half precision; every GEMM accumulates in float32 (cuBLAS compute type 32F).
+The weight and input operands are cast once per forward: the backward of the same call reuses
+the forward's casts (`_casts`, keyed by the identity of the input and weight arrays, and
+forgotten when the input array dies), so fp16 casts W once per layer per step, not twice, and
+bf16 rounds W and x once. bf16 also skips rounding an input that a bf16 kernel of this Ops
+produced (already exact in bf16). The weight gradient of an fp16 GEMM is written straight into
+the float32 gradient buffer by cuBLAS GemmEx (fp16 inputs, fp32 output and compute): no fp16
+temporary (which would overflow at 65504 under a large loss scale), no extra copy kernel.
+"bf16" is emulated: CuPy has no stable bfloat16 dtype, so
 values are rounded to bfloat16 (nearest even) but kept in float32 arrays. That reproduces bf16
 numerics, not its memory or speed.
 
@@ -35,7 +42,9 @@ static scale, or None) runs entirely on the device, with no host syncs:
 
 from __future__ import annotations
 
+import importlib
 import math
+import weakref
 
 import numpy
 
@@ -142,19 +151,37 @@ class MixedPrecisionMixin:
             return numpy.dtype(numpy.float16)
         return numpy.dtype(dtype)
 
-    def _gemm_operand(self, a):
+    def _gemm_operand(self, a, src=None):
         """An activation or weight as a GEMM operand of the precision mode (weights are cast
-        per GEMM; the float32 master stays untouched)."""
+        per GEMM; the float32 master stays untouched). `src`: the array `a` is a reshape of
+        (for the bf16-exact check, which goes by identity)."""
         if self.precision == "fp16":
             return a.astype(numpy.float16, copy=False)
         if self.precision == "bf16":
+            if self._bf16_exact.holds(a if src is None else src):
+                return a
             return self._round_bf16(a)
         return a
 
+    def _mark_bf16(self, a):
+        """Remember that `a` (an output of a bf16 kernel) is exact in bf16; returns `a`."""
+        if self.precision == "bf16" and a is not None:
+            self._bf16_exact.put(a)
+        return a
+
     def _matmul_into(self, a, b, out, grad_dtype):
-        """a @ b written into `out` when given (the flat buffer's view), cast when the GEMM's
-        dtype differs (fp16 GEMM -> float32 master gradient)."""
+        """a @ b written into `out` when given (the flat buffer's view). fp16 operands with a
+        float32 result go through cuBLAS GemmEx with a float32 output (no fp16 temporary);
+        other dtype mismatches are cast."""
         xp = self.xp
+        f16 = numpy.dtype(numpy.float16)
+        want = numpy.dtype(grad_dtype if out is None else out.dtype)
+        if a.dtype == f16 and b.dtype == f16 and want == numpy.float32:
+            if out is None or out.flags.c_contiguous:
+                target = xp.empty((a.shape[0], b.shape[1]), dtype=numpy.float32) if out is None \
+                    else out
+                if gemm_f16_f32(xp, a, b, target):
+                    return target
         if out is not None:
             if out.dtype == numpy.result_type(a.dtype, b.dtype) and out.flags.c_contiguous:
                 return self._matmul(a, b, out=out)
@@ -162,3 +189,105 @@ class MixedPrecisionMixin:
             return out
         r = self._matmul(a, b)
         return r if r.dtype == grad_dtype else r.astype(grad_dtype)
+
+
+class IdentityMemo:
+    """Values remembered for live array objects, by identity: an entry is keyed by the ids of
+    its key arrays, holds only a weak reference to the first one, and is dropped when that
+    array dies (an id can then be reused by another object). Thread-safe under the GIL (one
+    dict operation per call)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self):
+        self._d: dict = {}
+
+    def put(self, first, *rest, value=True) -> None:
+        key = (id(first), *map(id, rest))
+        d = self._d
+
+        def drop(ref, key=key, d=d):
+            entry = d.get(key)
+            if entry is not None and entry[0] is ref:
+                d.pop(key, None)
+
+        self._d[key] = (weakref.ref(first, drop), rest, value)
+
+    def _entry(self, first, rest):
+        key = (id(first), *map(id, rest))
+        entry = self._d.get(key)
+        if entry is None or entry[0]() is not first:
+            return key, None
+        if any(a is not b for a, b in zip(entry[1], rest, strict=True)):
+            return key, None
+        return key, entry
+
+    def holds(self, first, *rest) -> bool:
+        return self._entry(first, rest)[1] is not None
+
+    def pop(self, first, *rest, default=None):
+        key, entry = self._entry(first, rest)
+        if entry is None:
+            return default
+        self._d.pop(key, None)
+        return entry[2]
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+_ONE_F32 = numpy.ones((), numpy.float32)  # cuBLAS alpha/beta (host pointers, compute type 32F)
+_ZERO_F32 = numpy.zeros((), numpy.float32)
+_INT32_MAX = 2**31 - 1
+
+
+def _cublas(xp):
+    """CuPy's cuBLAS bindings (None where they cannot be had)."""
+    lib = getattr(xp.cuda, "cublas", None)
+    if lib is None and xp.__name__ == "cupy":  # imported lazily, only with CuPy itself
+        try:
+            lib = importlib.import_module("cupy_backends.cuda.libs.cublas")
+        except ImportError:  # pragma: no cover - depends on the CuPy build
+            lib = None
+    return lib
+
+
+def _colmajor_operand(xp, arr):
+    """(array, cuBLAS op, leading dimension) to read C-order `arr` as a column-major operand
+    (cuBLAS sees a C-contiguous matrix as its transpose)."""
+    if arr.flags.c_contiguous:
+        return arr, 0, max(1, arr.shape[1])  # CUBLAS_OP_N on arr^T
+    if arr.flags.f_contiguous:
+        return arr, 1, max(1, arr.shape[0])  # CUBLAS_OP_T
+    arr = xp.ascontiguousarray(arr)
+    return arr, 0, max(1, arr.shape[1])
+
+
+def gemm_f16_f32(xp, a, b, out) -> bool:
+    """out = a @ b for 2-D fp16 `a` (M, K) and `b` (K, N) into C-contiguous float32 `out`
+    (M, N), with cuBLAS GemmEx: fp16 inputs, fp32 output and accumulation. Returns False
+    (nothing done) where GemmEx is unavailable or a size exceeds cuBLAS's int32 arguments."""
+    lib = _cublas(xp)
+    device = getattr(xp.cuda, "device", None)
+    if lib is None or device is None or not hasattr(lib, "gemmEx"):
+        return False
+    (M, K), N = a.shape, b.shape[1]
+    if max(M, N, K) > _INT32_MAX or out.shape != (M, N):
+        return False
+    if out.size == 0:
+        return True
+    if K == 0:
+        out.fill(0)
+        return True
+    # C^T (N x M, column-major, ld N) = B^T (N x K) @ A^T (K x M)
+    b_, op_b, ld_b = _colmajor_operand(xp, b)
+    a_, op_a, ld_a = _colmajor_operand(xp, a)
+    rt = xp.cuda.runtime
+    lib.gemmEx(
+        device.get_cublas_handle(), op_b, op_a, N, M, K,
+        _ONE_F32.ctypes.data, b_.data.ptr, rt.CUDA_R_16F, ld_b,
+        a_.data.ptr, rt.CUDA_R_16F, ld_a,
+        _ZERO_F32.ctypes.data, out.data.ptr, rt.CUDA_R_32F, N,
+        lib.CUBLAS_COMPUTE_32F, lib.CUBLAS_GEMM_DEFAULT,
+    )
+    return True

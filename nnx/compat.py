@@ -69,3 +69,25 @@ def cupy_unavailable_reason() -> str:
     except Exception as exc:  # the driver's own words
         return f"CuPy is installed but CUDA is not usable: {exc}"
     return "CuPy sees no CUDA device"
+
+
+@functools.lru_cache(maxsize=1)
+def nvrtc_library() -> str | None:
+    """The path (or loader name) of an NVRTC shared library, for compiling the CUDA sources
+    without a GPU (tests/test_nvrtc_compile.py), or None. Looks in NVIDIA's pip wheels
+    (`nvidia-cuda-nvrtc-cu12`, `nvidia-cuda-nvrtc` for CUDA 13), then the system loader's
+    search path. Never imported at `import nnx`: probed on the first call only."""
+    import ctypes.util
+    import glob
+
+    for pkg in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            spec = None
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            hits = sorted(glob.glob(os.path.join(root, "**", "libnvrtc.so*"), recursive=True))
+            hits = [h for h in hits if ".alt." not in h and "builtins" not in h]
+            if hits:
+                return hits[-1]
+    return ctypes.util.find_library("nvrtc")

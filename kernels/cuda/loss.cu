@@ -19,15 +19,15 @@ __device__ __forceinline__ void nnx_ce_labels_impl(const typename T::S* logits, 
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const long long off = row * (long long)cols;
         A m = (A)nnx_neg_inf();
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) m = nnx_max_nan(m, T::load(logits[off + c]));
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) m = nnx_max_nan(m, T::load(logits[off + c]));
         m = nnx_block_max<A>(m, buf);
         A s = (A)0;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) s += nnx_exp(T::load(logits[off + c]) - m);
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) s += nnx_exp(T::load(logits[off + c]) - m);
         s = nnx_block_sum<A>(s, buf);
         const A lse = m + nnx_log(s);
         const L lab = labels[row];
         const bool valid = lab >= (L)0 && lab < (L)cols;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) {
             A p = nnx_exp(T::load(logits[off + c]) - lse);
             A g = (p - ((L)c == lab ? (A)1 : (A)0)) * gscale;
             dlogits[off + c] = T::store(valid ? g : (A)nnx_nan());
@@ -51,14 +51,14 @@ __device__ __forceinline__ void nnx_ce_dense_impl(const typename T::S* logits,
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const long long off = row * (long long)cols;
         A m = (A)nnx_neg_inf();
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) m = nnx_max_nan(m, T::load(logits[off + c]));
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) m = nnx_max_nan(m, T::load(logits[off + c]));
         m = nnx_block_max<A>(m, buf);
         A s = (A)0;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) s += nnx_exp(T::load(logits[off + c]) - m);
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) s += nnx_exp(T::load(logits[off + c]) - m);
         s = nnx_block_sum<A>(s, buf);
         const A lse = m + nnx_log(s);
         A l = (A)0;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        for (long long c = threadIdx.x; c < cols; c += blockDim.x) {
             A v = T::load(logits[off + c]);
             A t = targets[off + c];
             l += t * (lse - v);

@@ -203,8 +203,15 @@ __device__ __forceinline__ A nnx_act_backward(A dy, A s, int act) {
         case NNX_ACT_TANH:
             return dy * ((A)1 - s * s);
         case NNX_ACT_GELU: {
+            // Finite up to the dtype's max: once tanh saturates (1 - t*t == 0, from |s| ~ 10
+            // on) the sech^2 factor is exactly 0, while s*s (and s*s*s inside tanh) may have
+            // overflowed to inf: 0 * inf would be NaN, the limit is 0 (the derivative tends to
+            // 1 for s -> +inf and 0 for s -> -inf). NaN in s still propagates (NaN != 0).
             A t = nnx_tanh((A)NNX_GELU_K * (s + (A)NNX_GELU_C * s * s * s));
-            A dt = ((A)1 - t * t) * (A)NNX_GELU_K * ((A)1 + (A)(3.0 * NNX_GELU_C) * s * s);
+            A sech2 = (A)1 - t * t;
+            A dt = sech2 == (A)0
+                       ? (A)0
+                       : sech2 * (A)NNX_GELU_K * ((A)1 + (A)(3.0 * NNX_GELU_C) * s * s);
             return dy * ((A)0.5 * ((A)1 + t) + (A)0.5 * s * dt);
         }
         default:
@@ -240,6 +247,12 @@ __device__ __forceinline__ A nnx_block_max(A v, A* buf) {
     A r = buf[0];
     __syncthreads();
     return r;
+}
+
+// The column of flat element i in rows of `cols` elements. `n` (the element count) below 2^31
+// allows the cheaper 32-bit unsigned modulo; otherwise i and cols stay 64-bit.
+__device__ __forceinline__ long long nnx_col(long long i, long long n, long long cols) {
+    return n <= 0x7fffffffLL ? (long long)((unsigned int)i % (unsigned int)cols) : i % cols;
 }
 
 __device__ __forceinline__ long long nnx_global_tid() {

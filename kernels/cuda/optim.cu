@@ -4,6 +4,12 @@
 // lr / (1 - beta1**step)) and are rounded once to the parameter type, which is what the
 // NumPy reference does with Python floats (NEP 50: a Python float takes the array's dtype).
 //
+// Step-dependent scalars (Adam's lr / (1 - beta1**step), sqrt(1 - beta2**step), 1 - lr*wd, and
+// SGD's lr, which a schedule changes) come either as kernel arguments (use_hyper = 0: eager
+// steps, no host-to-device copy) or from the device buffer `hyper` (use_hyper = 1): a CUDA
+// graph freezes kernel arguments at capture, so a captured update reads them from `hyper`,
+// which CapturedGraph.replay() rewrites before each launch (kernels/cupy_graphs.py).
+//
 // Mixed precision (loss scaling): `scale` points at the current loss scale and `found_inf` at
 // the overflow flag, both on the device. The update multiplies each gradient by 1 / *scale
 // (a power of two: exact) and does nothing at all when *found_inf is set; nnx_check_finite_*
@@ -17,10 +23,11 @@ template <typename P>
 __device__ __forceinline__ void nnx_sgd_impl(P* params, const P* grads, P* velocity, long long n,
                                              double lr, double momentum, int nesterov,
                                              double weight_decay, const float* scale,
-                                             const int* found_inf) {
+                                             const int* found_inf, const double* hyper,
+                                             int use_hyper) {
     if (found_inf[0]) return;
     const P inv = (P)1 / (P)scale[0];
-    const P lr_ = (P)lr;
+    const P lr_ = (P)(use_hyper ? hyper[0] : lr);
     const P mu = (P)momentum;
     const P wd = (P)weight_decay;
     const bool use_wd = weight_decay != 0.0;
@@ -43,16 +50,18 @@ __device__ __forceinline__ void nnx_sgd_impl(P* params, const P* grads, P* veloc
 extern "C" __global__ void nnx_sgd_f32(float* params, const float* grads, float* velocity,
                                        long long n, double lr, double momentum, int nesterov,
                                        double weight_decay, const float* scale,
-                                       const int* found_inf) {
+                                       const int* found_inf, const double* hyper,
+                                       int use_hyper) {
     nnx_sgd_impl<float>(params, grads, velocity, n, lr, momentum, nesterov, weight_decay, scale,
-                        found_inf);
+                      found_inf, hyper, use_hyper);
 }
 extern "C" __global__ void nnx_sgd_f64(double* params, const double* grads, double* velocity,
                                        long long n, double lr, double momentum, int nesterov,
                                        double weight_decay, const float* scale,
-                                       const int* found_inf) {
+                                       const int* found_inf, const double* hyper,
+                                       int use_hyper) {
     nnx_sgd_impl<double>(params, grads, velocity, n, lr, momentum, nesterov, weight_decay, scale,
-                         found_inf);
+                      found_inf, hyper, use_hyper);
 }
 
 // Adam / AdamW with PyTorch's bias correction, in the reference's order of operations:
@@ -65,8 +74,14 @@ __device__ __forceinline__ void nnx_adam_impl(P* params, const P* grads, P* m, P
                                               double beta2, double one_m_beta2, double bc2_sqrt,
                                               double eps, double weight_decay, double decay,
                                               int decoupled, const float* scale,
-                                              const int* found_inf) {
+                                              const int* found_inf, const double* hyper,
+                                              int use_hyper) {
     if (found_inf[0]) return;
+    if (use_hyper) {
+        lr_bc1 = hyper[0];
+        bc2_sqrt = hyper[1];
+        decay = hyper[2];
+    }
     const P inv = (P)1 / (P)scale[0];
     const P a = (P)lr_bc1, b1 = (P)beta1, c1 = (P)one_m_beta1, b2 = (P)beta2, c2 = (P)one_m_beta2;
     const P bc2 = (P)bc2_sqrt, ep = (P)eps, wd = (P)weight_decay, dec = (P)decay;
@@ -95,18 +110,22 @@ extern "C" __global__ void nnx_adam_f32(float* params, const float* grads, float
                                         double one_m_beta1, double beta2, double one_m_beta2,
                                         double bc2_sqrt, double eps, double weight_decay,
                                         double decay, int decoupled, const float* scale,
-                                        const int* found_inf) {
+                                        const int* found_inf, const double* hyper,
+                                        int use_hyper) {
     nnx_adam_impl<float>(params, grads, m, v, n, lr_bc1, beta1, one_m_beta1, beta2, one_m_beta2,
-                         bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf);
+                         bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf,
+                         hyper, use_hyper);
 }
 extern "C" __global__ void nnx_adam_f64(double* params, const double* grads, double* m,
                                         double* v, long long n, double lr_bc1, double beta1,
                                         double one_m_beta1, double beta2, double one_m_beta2,
                                         double bc2_sqrt, double eps, double weight_decay,
                                         double decay, int decoupled, const float* scale,
-                                        const int* found_inf) {
+                                        const int* found_inf, const double* hyper,
+                                        int use_hyper) {
     nnx_adam_impl<double>(params, grads, m, v, n, lr_bc1, beta1, one_m_beta1, beta2, one_m_beta2,
-                          bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf);
+                          bc2_sqrt, eps, weight_decay, decay, decoupled, scale, found_inf,
+                         hyper, use_hyper);
 }
 
 // *found_inf |= any(!isfinite(x)); the caller zeroes the flag first.

@@ -5,7 +5,8 @@
   migrates vCPUs every few seconds: a disturbance spoils one sample, not the whole figure.
 - Clocks synchronize before they read: `HostClock` calls the backend's `synchronize()` before
   the start and before the stop reading (a no-op on the CPU backends); `CudaEventClock` records
-  CUDA events on the current stream around the calls and reads the device-side elapsed time.
+  CUDA events around the calls on the timed device (joining any side streams, such as NCCL's)
+  and reads the device-side elapsed time.
 - Statistics are order statistics (median, quartiles, IQR), robust to the long right tail that
   preemption produces; means are reported only for completeness.
 """
@@ -97,26 +98,55 @@ class HostClock:
 
 
 class CudaEventClock:
-    """CUDA events around `number` calls on the current stream (device time, no host jitter).
+    """CUDA events around `number` calls (device time, no host jitter), on the right device
+    and covering every stream the work runs on.
 
-    The host synchronizes first so that earlier queued work is not counted."""
+    `device`: the device the timed work runs on (an int, e.g. `ops.device`; None: the current
+    one when `time` is called). Events are created, recorded and read under that device, so
+    work on a non-current device is timed on its own clock. `streams`: the other streams the
+    work uses besides the device's current stream (e.g. an NCCL side stream), or a callable
+    returning them at timing time. They wait on the start event, so none of their work can
+    begin before it, and the end event is recorded after the current stream has waited on an
+    event of each, so it completes only when all of them have. The host synchronizes the
+    device first so that earlier queued work is not counted."""
 
     kind = "cuda_events"
 
-    def __init__(self, cupy_module, sync=None):
+    def __init__(self, cupy_module, sync=None, device: int | None = None, streams=()):
         self.cp = cupy_module
-        self.sync = sync or cupy_module.cuda.Device().synchronize
+        self.device = device
+        self.streams = streams
+        self._sync = sync
+
+    def sync(self) -> None:
+        """Wait for the timed device (the `sync` given, else the device's own)."""
+        if self._sync is not None:
+            self._sync()
+        else:
+            self.cp.cuda.Device(self.device).synchronize()
+
+    def _side_streams(self) -> list:
+        s = self.streams() if callable(self.streams) else self.streams
+        return [x for x in (s or ()) if x is not None]
 
     def time(self, fn, number: int = 1) -> float:
+        """Seconds per call, averaged over `number` back-to-back calls."""
         cp = self.cp
         self.sync()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        return cp.cuda.get_elapsed_time(start, end) / 1e3 / number
+        with cp.cuda.Device(self.device):
+            main = cp.cuda.get_current_stream()
+            side = self._side_streams()
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(main)
+            for s in side:
+                s.wait_event(start)
+            for _ in range(number):
+                fn()
+            for s in side:
+                main.wait_event(s.record())
+            end.record(main)
+            end.synchronize()
+            return cp.cuda.get_elapsed_time(start, end) / 1e3 / number
 
 
 class TorchCudaEventClock(CudaEventClock):
@@ -124,7 +154,9 @@ class TorchCudaEventClock(CudaEventClock):
 
     def __init__(self, torch_module):
         self.torch = torch_module
-        self.sync = torch_module.cuda.synchronize
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize()
 
     def time(self, fn, number: int = 1) -> float:
         torch = self.torch
