@@ -38,9 +38,11 @@ NO_MPI = ("mpiexec not found (pip install mpich)" if MPIEXEC is None else
 needs_mpi = pytest.mark.skipif(bool(NO_MPI), reason=NO_MPI)
 
 
-def mpirun(args, n=2, timeout=TIMEOUT):
+def mpirun(args, n=2, timeout=TIMEOUT, env_extra=None):
     """Run `mpiexec -n N python args...`; returns (returncode, stdout, stderr, seconds)."""
     env = dict(os.environ)
+    env.pop("NNX_DIST_TIMEOUT", None)
+    env.update(env_extra or {})
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = "1"
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -89,7 +91,10 @@ FAILURES = {
     "architecture": ["differs across ranks", "rank 1 differs from rank 0: layer 0",
                      "out_features=16", "out_features=24"],
     "optimizer": ["differs across ranks", "optimizer", "'lr': 0.2"],
-    "data": ["different data", "rank 1: x", "shard()"],
+    "data": ["different data", "rank 1: x", "shard()",
+             "rank 1: x differs from rank 0's (shape (40, 20) float64) first at row 0"],
+    "data_shape": ["different data", "rank 1: x has shape (39, 20) float64, rank 0's has shape "
+                   "(40, 20) float64", "rank 1: y has shape (39,)"],
     "bad_input": ["rank 1 of 2 failed", "InputError", "NaN"],
     "raise": ["rank 1 of 2 failed", "RuntimeError: boom on rank 1"],
     "exit": ["rank 1 of 2 exited with status 3"],
@@ -108,6 +113,38 @@ def test_failure_stops_every_rank(case):
     for expected in FAILURES[case]:
         assert expected in text, f"{expected!r} not in:\n{text}"
     assert seconds < 30, f"took {seconds:.1f}s to stop"
+
+
+TIMEOUT_CASES = {
+    # case: (ranks, environment, text that must appear in the output)
+    "stall": (3, {}, ["of 3: collective timeout: waited", "rank 0 of 3", "rank 2 of 3",
+                      "in allreduce #", "on communicator 'world' (float64[400], sum)",
+                      "rank 1 did not arrive: it is outside nnx's collectives",
+                      "time.sleep(600)", "ranks that did not arrive: 1", "NNX_DIST_TIMEOUT"]),
+    "fewer_steps": (2, {"NNX_DIST_TIMEOUT": "15"}, [
+        "rank 0 of 2: collective timeout", "rank 1 did not arrive: its script ended after",
+        "ranks that did not arrive: 1", "model.train_step("]),
+    "stall_serialized": (2, {}, [  # no MPI_THREAD_MULTIPLE: the wait polls, nobody serves
+        "rank 0 of 2: collective timeout: waited", "(timeout 5 s)",
+        "rank 1 did not arrive: it did not answer", "ranks that did not arrive: 1"]),
+}
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("case", list(TIMEOUT_CASES))
+def test_collective_timeout_ends_a_hung_job(case):
+    """A rank that stalls, or a loop in which one rank takes one step fewer, used to hang the
+    job forever; with timeout=15 it ends non-zero well within 90 s, naming the collective and
+    the rank that did not arrive (also without MPI_THREAD_MULTIPLE, with timeout=5)."""
+    n, env, expected = TIMEOUT_CASES[case]
+    rc, out, err, seconds = run_script("timeout.py", case, n=n, timeout=85, env_extra=env)
+    text = out + err
+    assert rc == dist.watchdog.EXIT_STATUS, f"rc={rc}\n{text}"
+    assert "no timeout" not in out
+    for needle in expected:
+        assert needle in text, f"{needle!r} not in:\n{text}"
+    assert seconds < 90, f"took {seconds:.1f}s"
 
 
 @pytest.mark.mpi

@@ -63,10 +63,18 @@ The low-level path, for your own loop (no DistributedOptimizer):
 (`comm.allreduce(grads, op="mean")` also takes the list `loss_and_grads` returns, and reduces it
 with one call over a packed buffer.)
 
+Faults: a rank that raises (or exits non-zero) aborts the job at once (`launch`); a rank that
+stalls, or a loop in which one rank makes a collective fewer than the others, ends the job after
+the collective timeout (`init(timeout=SECONDS)`, `NNX_DIST_TIMEOUT`, default 600 s; 0: none) with
+a report naming the collective, where each rank is and which ranks did not arrive
+(`watchdog`); `fit()` with different data on different ranks names the array and how it differs
+(shapes, the first differing row, the first NaN/inf).
+
 Modules: `launch` (init, launch detection, abort on failure), `comm` (Communicator, Request,
-LocalCommunicator), `mpi` (MPICommunicator, NCCL), `compression` (fp16/bf16), `consistency`
-(same model and data on every rank, broadcast_model), `strategy` (DataParallel,
-DistributedOptimizer, distribute), `data` (shard).
+LocalCommunicator), `mpi` (MPICommunicator), `nccl` (NCCL for CuPy arrays: availability, one
+stream for a communicator and its duplicates), `watchdog` (the collective timeout),
+`compression` (fp16/bf16), `consistency` (same model and data on every rank, broadcast_model),
+`strategy` (DataParallel, DistributedOptimizer, distribute), `data` (shard).
 
 This package imports without mpi4py; only `init()` under mpiexec (or `backend="mpi"`) needs it,
 and says how to install it when it is missing.

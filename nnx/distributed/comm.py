@@ -80,7 +80,8 @@ class Communicator:
     - `iallreduce(array, op, compression)`: non-blocking, in place; returns a `Request`.
     - `bcast(x, root=0)`: arrays are broadcast in place into x (or into a new array when x is
       None on this rank); anything else is pickled and the root's value returned.
-    - `allgather(obj)`, `gather(obj, root)`, `barrier()`, `abort(code)`, `dup()`."""
+    - `allgather(obj)`, `gather(obj, root)`, `barrier()`, `abort(code)`, `dup()`;
+    - `timeout` / `set_timeout(seconds)`: the collective timeout (`nnx.distributed.watchdog`)."""
 
     backend = "local"
     rank, size, local_rank, local_size = 0, 1, 0, 1
@@ -124,6 +125,11 @@ class Communicator:
 
     def dup(self) -> Communicator:
         return self
+
+    timeout = None  # the collective timeout in seconds (a world of one never waits)
+
+    def set_timeout(self, seconds) -> None:
+        """Change the collective timeout (a world of one has none)."""
 
     # -- the public collectives ----------------------------------------------------------
     def iallreduce(self, buf, op: str = "sum", compression=None) -> Request:

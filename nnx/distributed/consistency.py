@@ -127,12 +127,17 @@ def check_same_model(model, comm: Communicator, optimizer=None) -> None:
         "weights are broadcast).", all_ranks=True)
 
 
+def _sample_rows(n: int):
+    return np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64)) if n else \
+        np.zeros(0, np.int64)
+
+
 def fingerprint(a) -> tuple:
     """(shape, dtype, CRC32 of up to 256 evenly spaced rows): cheap, and enough to tell data
     sets apart."""
     try:
         n = len(a)
-        idx = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64)) if n else []
+        idx = _sample_rows(n)
         sample = to_host(a[idx]) if n else np.zeros(0)
         sample = np.ascontiguousarray(sample)
         return (list(np.shape(a)), str(sample.dtype), zlib.crc32(sample.tobytes()))
@@ -140,14 +145,70 @@ def fingerprint(a) -> tuple:
         return (None, None, None)
 
 
+def describe_array(a) -> dict:
+    """What the error of `check_same_fit` compares, computed only when the fingerprints
+    differ: shape, dtype, the first non-finite element (index and value, float arrays) and the
+    CRC32 of each of the rows `fingerprint` samples."""
+    try:
+        host = np.asarray(to_host(a))
+    except Exception as exc:  # not an array we can read: say so rather than fail here
+        return {"shape": None, "dtype": type(a).__name__, "nonfinite": None, "rows": [],
+                "error": repr(exc)}
+    out = {"shape": list(host.shape), "dtype": str(host.dtype), "nonfinite": None, "rows": []}
+    if host.dtype.kind in "fc" and host.size:
+        bad = ~np.isfinite(host)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            out["nonfinite"] = [list(first), repr(host[first].item())]
+    if host.ndim:
+        out["rows"] = [zlib.crc32(np.ascontiguousarray(host[i]).tobytes())
+                       for i in _sample_rows(len(host))]
+    return out
+
+
 # -- fit arguments --------------------------------------------------------------------------------
 _PLAN_KEYS = ("epochs", "batch_size", "shuffle", "initial_epoch")
+
+
+def _shape_text(d: dict) -> str:
+    shape = tuple(d["shape"]) if d["shape"] is not None else "?"
+    return f"shape {shape} {d['dtype']}"
+
+
+def _nonfinite_text(rank: int, name: str, d: dict) -> str:
+    if not d.get("nonfinite"):
+        return ""
+    index, value = d["nonfinite"]
+    return f"; rank {rank}'s {name} has a non-finite value ({value}) first at index {tuple(index)}"
+
+
+def array_difference(name: str, r: int, mine: dict, ref: dict) -> str | None:
+    """How rank r's array `name` (describe_array) differs from rank 0's, or None."""
+    if mine["shape"] != ref["shape"] or mine["dtype"] != ref["dtype"]:
+        text = f"rank {r}: {name} has {_shape_text(mine)}, rank 0's has {_shape_text(ref)}"
+    else:
+        rows = _sample_rows(mine["shape"][0] if mine["shape"] else 0)
+        diff = [int(i) for i, a, b in zip(rows, mine["rows"], ref["rows"], strict=False)
+                if a != b]
+        if not diff and not mine.get("nonfinite") and not ref.get("nonfinite"):
+            return None
+        where = (f" first at row {diff[0]} (of {len(rows)} rows compared)" if diff else "")
+        text = f"rank {r}: {name} differs from rank 0's ({_shape_text(mine)}){where}"
+    return text + _nonfinite_text(r, name, mine) + _nonfinite_text(0, name, ref)
+
+
+def _plan_difference(r: int, mine: list, ref: list) -> str | None:
+    diffs = [f"{k}={a!r} (rank 0: {b!r})" for k, a, b in zip(_PLAN_KEYS, mine, ref, strict=True)
+             if a != b]
+    return f"rank {r}: " + ", ".join(diffs) if diffs else None
 
 
 def check_same_fit(comm: Communicator, data: str, x, y, plan: dict) -> None:
     """Raise DistributedError (on every rank) unless every rank called `fit` with the same
     `plan` and the same x, y (data="replicated": a fingerprint of each) or the same number of
-    samples (data="sharded": otherwise the ranks would run different numbers of steps)."""
+    samples (data="sharded": otherwise the ranks would run different numbers of steps). The
+    error names the setting or the array and how it differs: the shapes, or the first
+    differing row and the first non-finite element (NaN on one rank)."""
     if comm.size == 1:
         return
     mine_plan = [plan.get(k) for k in _PLAN_KEYS]
@@ -158,14 +219,31 @@ def check_same_fit(comm: Communicator, data: str, x, y, plan: dict) -> None:
     everyone = comm.allgather(json.dumps(mine, sort_keys=True, default=str))
     if len(set(everyone)) == 1:
         return
-    ref = json.loads(everyone[0])
-    names = {"plan": "/".join(_PLAN_KEYS), "x": "x", "y": "y"}
+    details = None
+    if data == "replicated":  # every rank sees the difference: all take part in this one
+        details = comm.allgather({"x": describe_array(x), "y": describe_array(y)})
+    raise DistributedError(fit_difference_message(data, [json.loads(t) for t in everyone],
+                                                  details), all_ranks=True)
+
+
+def fit_difference_message(data: str, summaries: list, details: list | None) -> str:
+    """The error of check_same_fit from every rank's summary (plan and fingerprints) and, for
+    replicated data, every rank's describe_array of x and y."""
+    ref = summaries[0]
     diffs = []
-    for r, text in enumerate(everyone[1:], start=1):
-        other = json.loads(text)
-        what = [k for k in ("plan", "x", "y") if other[k] != ref[k]]
-        if what:
-            diffs.append(f"rank {r}: {', '.join(names[k] for k in what)}")
+    for r, other in enumerate(summaries[1:], start=1):
+        text = _plan_difference(r, other["plan"], ref["plan"])
+        if text:
+            diffs.append(text)
+        for name in ("x", "y"):
+            if other[name] == ref[name]:
+                continue
+            if details is not None:
+                text = array_difference(name, r, details[r][name], details[0][name])
+                diffs.append(text or f"rank {r}: {name} differs from rank 0's")
+            else:
+                diffs.append(f"rank {r}: {name} has {other[name][0]} samples, rank 0's has "
+                             f"{ref[name][0]}")
     if data == "replicated":
         hint = ("with data='replicated' every rank must pass the same x, y, epochs and "
                 "batch_size (for per-rank data use nnx.distributed.shard() and "
@@ -174,6 +252,5 @@ def check_same_fit(comm: Communicator, data: str, x, y, plan: dict) -> None:
         hint = ("with data='sharded' every rank needs the same number of samples, epochs and "
                 "batch_size, or the ranks would run different numbers of steps (shard() "
                 "gives equal parts)")
-    raise DistributedError("fit() was called with different data or settings on different "
-                           "ranks (compared with rank 0): " + "; ".join(diffs) + f". {hint}.",
-                           all_ranks=True)
+    return ("fit() was called with different data or settings on different ranks (compared "
+            "with rank 0): " + "; ".join(diffs) + f". {hint}.")

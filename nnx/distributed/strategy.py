@@ -8,9 +8,12 @@ never replaces a method of the model, its layers or its optimizer. Its work, per
                    parameters, buffers and optimizer state broadcast; per-rank dropout seeds;
                    gradient buckets; a SyncContext for the SyncBatchNorm layers
     begin_fit      the same fit arguments and data on every rank (check_same_fit)
+    end_fit        forget what begin_fit learned about the data
     split_batch    this rank's share of the global batch (data="replicated")
-    begin_step     this rank's gradient weight n_local / n_global (1 / size in a user's loop)
-    empty_step     no samples here: take part in the SyncBatchNorm reductions with zeros
+    begin_step     this rank's gradient weight n_local / n_global (1 / size in a user's loop),
+                   and the step's sample counts for SyncBatchNorm (its count on the host)
+    empty_step     no samples here: take part in the SyncBatchNorm reductions with zeros, and
+                   start the buckets at the points of the backward order the others do
     after_leaf_backward   overlap=True only: start a bucket's allreduce once its layers are done
     before_update  the weighted allreduce of the flat gradients (or wait for the buckets)
     end_epoch      reduce [loss_sum, correct, seen]; average float buffers; CRC resync
@@ -30,6 +33,7 @@ import numpy as np
 
 from .. import optim as optim_mod
 from ..hooks import StepHooks
+from ..layers.compose import Parallel
 from ..layers.sync_batchnorm import SyncBatchNorm, SyncContext
 from .comm import Communicator
 from .compression import check_compression
@@ -95,6 +99,7 @@ class DataParallel(StepHooks):
         self._next = 0
         self._weight: float | None = None  # this rank's gradient weight during a step
         self._in_step = False
+        self._uniform_samples = False  # inside fit: every rank's samples have one shape
 
     def __repr__(self):
         return (f"DataParallel(rank {self.comm.rank} of {self.comm.size}, data={self.data!r}, "
@@ -170,6 +175,15 @@ class DataParallel(StepHooks):
     # -- fit and step ---------------------------------------------------------------------------
     def begin_fit(self, model, x, y, plan) -> None:
         check_same_fit(self.comm, self.data, x, y, plan)
+        # SyncBatchNorm counts the global batch's values on the host when every rank's
+        # samples have one shape: always so for replicated data (one x), checked for sharded.
+        self._uniform_samples = self.data == "replicated"
+        if self.sync_context is not None and self.data == "sharded":
+            shapes = self.comm.allgather(list(np.shape(x)[1:]))
+            self._uniform_samples = all(s == shapes[0] for s in shapes)
+
+    def end_fit(self, model) -> None:
+        self._uniform_samples = False
 
     def split_batch(self, index):
         size = self.comm.size
@@ -186,8 +200,13 @@ class DataParallel(StepHooks):
             self._weight = n_local / n_global
         else:  # sharded (equal local batches: shard() gives equal parts) or a user's own loop
             self._weight = 1.0 / size
-        if self.sync_context is not None:
-            self.sync_context.weight = self._weight
+        ctx = self.sync_context
+        if ctx is not None:
+            ctx.weight = self._weight
+            ctx.n_local = n_local
+            ctx.n_global = None  # unknown in a user's loop: SyncBatchNorm reduces the count
+            if self._uniform_samples and n_global is not None:
+                ctx.n_global = n_global if self.data == "replicated" else n_local * size
         for b in self.buckets:
             b.remaining, b.ready, b.req = b.uses, False, None
         self._next = 0
@@ -195,12 +214,18 @@ class DataParallel(StepHooks):
 
     def empty_step(self, model) -> None:
         """No samples on this rank: the SyncBatchNorm layers still take part in the reductions
-        the other ranks' forward and backward make (in call order, then reversed)."""
-        syncs = [leaf for leaf in model.net.leaves() if isinstance(leaf, SyncBatchNorm)]
-        for layer in syncs:
-            layer.forward_empty()
-        for layer in reversed(syncs):
-            layer.backward_empty()
+        the other ranks' forward and backward make, in the same order, and with overlap=True
+        the gradient buckets start at the same points of the backward order as on the other
+        ranks (between the same SyncBatchNorm reductions). With NCCL every reduction runs on
+        one stream, so the order of all of them must be the same on every rank."""
+        for leaf in model.net.leaves():
+            if isinstance(leaf, SyncBatchNorm):
+                leaf.forward_empty()
+        for leaf in backward_order(model.net):
+            if isinstance(leaf, SyncBatchNorm):
+                leaf.backward_empty()
+            if self.leaf_events:
+                self.after_leaf_backward(leaf)
 
     def after_leaf_backward(self, layer) -> None:
         if not self._in_step:
@@ -274,6 +299,18 @@ class DataParallel(StepHooks):
         if len(out) >= 3:
             out[2] = int(round(out[2]))
         return out
+
+
+def backward_order(layer) -> list:
+    """The leaves of `layer` in the order a backward pass runs them (a tied layer once per
+    use): the reverse of the call order, except that Parallel runs its branches' backward in
+    branch order (each branch reversed)."""
+    subs = layer.sublayers()
+    if not subs:
+        return [layer]
+    if isinstance(layer, Parallel):
+        return [leaf for sub in subs for leaf in backward_order(sub)]
+    return [leaf for sub in reversed(subs) for leaf in backward_order(sub)]
 
 
 def _sync_layers(model) -> list:

@@ -10,12 +10,21 @@ updated from the global ones (identical everywhere). The arithmetic is `BatchNor
 It learns of its peers through the training step's seam, never by importing `nnx.distributed`
 (layers sit below it): a data-parallel strategy hands each SyncBatchNorm a `SyncContext`
 (`use_sync`) holding a communicator (a duplicate of the strategy's, so statistics never
-interleave with gradient reductions) and the current step's rank weight, which the strategy
+interleave with gradient reductions in MPI; with NCCL both run on one stream, see
+`nnx.distributed.nccl`) and the current step's rank weight and sample counts, which the strategy
 sets in `begin_step`. Without a context, or with a world of one, it is plain batch norm (the
 fused kernels).
+
+The global count of values per channel is known on the host when the step's global sample
+count is (`SyncContext.global_count`): it is computed there, and the reduced count is never
+read back from the device (on a GPU that read is a synchronization per layer per step). Only
+outside `fit` (a user's own loop, where the strategy cannot know every rank's batch) and on a
+rank with no samples is the reduced count read.
 """
 
 from __future__ import annotations
+
+import math
 
 from .base import LAYER_CLASSES, Layer, layer_from_dict, layer_to_dict
 from .batchnorm_base import BatchNormBase
@@ -27,16 +36,30 @@ class SyncContext:
 
     `comm`: a communicator with `size` and `allreduce(array, inplace=True)`; `weight`: this
     process's share of the current step's global batch (n_local / n_global), set by the
-    strategy at each step's start and None outside a step (then 1 / size, the plain mean)."""
+    strategy at each step's start and None outside a step (then 1 / size, the plain mean);
+    `n_local`, `n_global`: the step's samples on this process and on all of them together
+    (host integers), `n_global` None where the strategy does not know it for certain."""
 
-    __slots__ = ("comm", "weight")
+    __slots__ = ("comm", "weight", "n_local", "n_global")
 
-    def __init__(self, comm, weight: float | None = None):
+    def __init__(self, comm, weight: float | None = None, n_local: int | None = None,
+                 n_global: int | None = None):
         self.comm = comm
         self.weight = weight
+        self.n_local, self.n_global = n_local, n_global
 
     def rank_weight(self) -> float:
         return self.weight if self.weight is not None else 1.0 / self.comm.size
+
+    def global_count(self, local_count: int) -> int | None:
+        """The number of values per channel over the global batch, given this process's
+        `local_count` (every sample holds local_count / n_local of them, on every process),
+        or None when the step's counts are unknown or not proportional (then reduce it)."""
+        n_local, n_global = self.n_local, self.n_global
+        if not n_local or n_global is None:
+            return None
+        total = int(local_count) * int(n_global)
+        return total // n_local if total % n_local == 0 else None
 
 
 class SyncBatchNorm(BatchNormBase):
@@ -68,6 +91,26 @@ class SyncBatchNorm(BatchNormBase):
     # -- the hooks of BatchNormBase's "from sums" path --------------------------------------
     def fused_training(self) -> bool:
         return self._peers() is None
+
+    def batch_statistics(self, x, axes):
+        """BatchNormBase's, with the global count taken from the host when the context knows
+        it (no read of the reduced count from the device); the count still travels in the
+        reduced sums, for a process whose share is empty (`forward_empty`)."""
+        F = self.num_features
+        local = math.prod(x.shape[a] for a in axes)
+        sums = self.ops.zeros(F + 1, dtype="float64")
+        sums[:F] = x.sum(axis=axes, dtype="float64").reshape(F)
+        sums[F] = local
+        sums = self.reduce_sums(sums, "mean")
+        n = self.sync.global_count(local) if self.sync is not None else None
+        n = self.ops.to_float(sums[F]) if n is None else float(n)
+        self.check_count(n, x.shape)
+        mean = sums[:F] / n
+        bshape = (1, F) + (1,) * (x.ndim - 2)
+        xc = x - mean.astype(x.dtype).reshape(bshape)
+        sq = (xc * xc).sum(axis=axes, dtype="float64").reshape(F)
+        var = self.reduce_sums(sq, "var") / n
+        return xc, mean, var, n
 
     def reduce_sums(self, sums, stage: str):
         """Allreduce the per-channel sums. The "grad" sums are weighted by this process's share

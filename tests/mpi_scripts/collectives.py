@@ -12,11 +12,36 @@ rank, size = comm.rank, comm.size
 assert (size, comm.local_size, comm.backend) == (2, 2, "mpi"), comm
 assert comm.local_rank == rank and comm.is_chief == (rank == 0)
 assert dist.init() is comm
+assert comm.timeout == 600.0, comm.timeout  # the default (the test clears NNX_DIST_TIMEOUT)
+
+# -- the collective timeout: a late rank within the timeout is fine; duplicates share it ----
+import time  # noqa: E402
+
+comm.set_timeout(5)
+assert dist.init(timeout=4) is comm and comm.timeout == 4.0
+if rank == 1:
+    time.sleep(1.0)  # rank 0 waits in the barrier meanwhile, well within the timeout
+comm.barrier()
+twin = comm.dup()
+assert twin._watch is comm._watch and twin._nccl is comm._nccl and twin.timeout == 4.0
+assert twin._cid.startswith("world.dup") and twin._cid != comm._cid
+assert twin.allgather(rank) == [0, 1]
+comm.set_timeout(600)
+gathered = comm.gather({"rank": rank, "pad": "x" * (100 * rank)}, root=1)
+assert gathered is None if rank == 0 else [g["rank"] for g in gathered] == [0, 1], gathered
+assert comm.allgather("r" * rank) == ["", "r"]
+assert comm.bcast({"from": rank}, root=1) == {"from": 1}
 
 # -- numbers, arrays, lists ------------------------------------------------------------------
 assert comm.allreduce(rank + 1) == 3
 assert comm.allreduce(float(rank), op="mean") == 0.5
 assert comm.allreduce(rank, op="max") == 1 and comm.allreduce(rank, op="min") == 0
+big = comm.allreduce(2**70 + rank)  # beyond int64: reduced as Python objects, exactly
+assert big == 2**71 + 1 and type(big) is int, big
+assert comm.allreduce(True) == 2 and comm.allreduce(rank == 1, op="max") is True
+f32 = comm.allreduce(np.float32(0.25 + rank))
+assert type(f32) is np.float32 and f32 == 1.5, f32
+assert comm.allreduce(1j * rank) == 1j and type(comm.allreduce(2.5)) is float
 a = np.arange(6, dtype=np.float32).reshape(2, 3) + rank
 s = comm.allreduce(a)
 assert s is not a and s.dtype == np.float32

@@ -22,6 +22,11 @@ elif case == "data":  # rank 1 is given different data
     model = mlp(seed=0)
     model.compile(dist.DistributedOptimizer(nnx.SGD(0.1), comm), "softmax_cross_entropy")
     model.fit(x if rank == 0 else x * 2, y, epochs=1, batch_size=8, verbose=0)
+elif case == "data_shape":  # rank 1 is given one sample fewer
+    model = mlp(seed=0)
+    model.compile(dist.DistributedOptimizer(nnx.SGD(0.1), comm), "softmax_cross_entropy")
+    n = 40 if rank == 0 else 39
+    model.fit(x[:n], y[:n], epochs=1, batch_size=8, verbose=0)
 elif case == "bad_input":  # rank 1's (sharded) data contains NaN; rank 0 waits in a collective
     model = mlp(seed=0)
     model.compile(dist.DistributedOptimizer(nnx.SGD(0.1), comm, data="sharded"),
