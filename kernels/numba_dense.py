@@ -13,7 +13,7 @@ from .numba_common import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTMAX, TA
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
 from .numba_dispatch import _span
-from .reference import _GELU_K, LEAKY_SLOPE
+from .reference import _GELU_K, GELU_CLIP, LEAKY_SLOPE
 
 _GELU_C = 0.044715
 
@@ -46,11 +46,12 @@ def _act_vec(x, y, act):
     elif act == TANH:
         for j in range(n):
             y[j] = np.tanh(x[j])
-    elif act == GELU:
-        k, c = t(_GELU_K), t(_GELU_C)
+    elif act == GELU:  # the tanh argument from x clipped to +-GELU_CLIP, as the reference
+        k, c, lim = t(_GELU_K), t(_GELU_C), t(GELU_CLIP)
         for j in range(n):
             v = x[j]
-            th = np.tanh(k * (v + c * v * v * v))
+            u = lim if v > lim else (-lim if v < -lim else v)  # NaN stays NaN
+            th = np.tanh(k * (u + c * u * u * u))
             y[j] = half * v * (one + th)
     else:  # identity (not reached from NumbaOps, which returns x itself)
         for j in range(n):
@@ -80,10 +81,11 @@ def _act_grad_vec(dy, s, act, dx):
         for j in range(n):
             yv = s[j]
             dx[j] = dy[j] * (one - yv * yv)
-    elif act == GELU:
-        k, c, c3 = t(_GELU_K), t(_GELU_C), t(3 * _GELU_C)
+    elif act == GELU:  # x clipped to +-GELU_CLIP (where the derivative is exactly 0 or 1)
+        k, c, c3, lim = t(_GELU_K), t(_GELU_C), t(3 * _GELU_C), t(GELU_CLIP)
         for j in range(n):
             v = s[j]
+            v = lim if v > lim else (-lim if v < -lim else v)  # NaN stays NaN
             th = np.tanh(k * (v + c * v * v * v))
             dt = (one - th * th) * k * (one + c3 * v * v)
             dx[j] = dy[j] * (half * (one + th) + half * v * dt)

@@ -29,6 +29,9 @@ from .reference_layers import LayerKernels
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu")
 _GELU_K = math.sqrt(2.0 / math.pi)
 LEAKY_SLOPE = 0.01
+# |x| beyond which GELU's tanh is exactly +-1 in float16/32/64 (tanh(0.798 * (20 + 357.7)) = 1
+# to the last bit of float64): gelu and its derivative clip x there so x**3 cannot overflow.
+GELU_CLIP = 20.0
 
 
 class Ops(LayerKernels):
@@ -151,7 +154,10 @@ class Ops(LayerKernels):
         return dy * (1 - y * y)
 
     def softmax(self, x, axis: int = -1):
-        z = x - x.max(axis=axis, keepdims=True)
+        # x - max may overflow to -inf for entries near -dtype_max: exp gives the right 0, so
+        # the overflow is not worth a warning.
+        with numpy.errstate(over="ignore"):
+            z = x - x.max(axis=axis, keepdims=True)
         e = self.xp.exp(z)
         return e / e.sum(axis=axis, keepdims=True)
 
@@ -159,14 +165,21 @@ class Ops(LayerKernels):
         return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
 
     def gelu(self, x):
-        """GELU, tanh approximation (PyTorch's approximate='tanh'): no erf needed in `xp`."""
-        t = self.xp.tanh(_GELU_K * (x + 0.044715 * x * x * x))
+        """GELU, tanh approximation (PyTorch's approximate='tanh'): no erf needed in `xp`.
+        The tanh argument uses x clipped to +-GELU_CLIP: beyond it tanh is exactly +-1 in
+        every float dtype, and the clip keeps x**3 from overflowing (finite for finite x)."""
+        xc = self.xp.clip(x, -GELU_CLIP, GELU_CLIP)
+        t = self.xp.tanh(_GELU_K * (xc + 0.044715 * xc * xc * xc))
         return 0.5 * x * (1 + t)
 
     def backprop_gelu(self, dy, x):
-        t = self.xp.tanh(_GELU_K * (x + 0.044715 * x * x * x))
-        dt = (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * x * x)
-        return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+        """d gelu / dx from the input. With x clipped to +-GELU_CLIP (where tanh' is exactly 0
+        and the derivative is exactly 0 or 1) x*x never overflows, so there is no 0 * inf = NaN
+        at large |x|; below the clip it is the plain formula."""
+        xc = self.xp.clip(x, -GELU_CLIP, GELU_CLIP)
+        t = self.xp.tanh(_GELU_K * (xc + 0.044715 * xc * xc * xc))
+        dt = (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * xc * xc)
+        return dy * (0.5 * (1 + t) + 0.5 * xc * dt)
 
     # -- dense ----------------------------------------------------------------------------
     def dense_forward(self, x, W, b, activation: str = "identity"):
@@ -192,7 +205,8 @@ class Ops(LayerKernels):
 
     # -- losses ---------------------------------------------------------------------------
     def log_softmax(self, x, axis: int = -1):
-        z = x - x.max(axis=axis, keepdims=True)
+        with numpy.errstate(over="ignore"):  # as in softmax
+            z = x - x.max(axis=axis, keepdims=True)
         return z - self.xp.log(self.xp.exp(z).sum(axis=axis, keepdims=True))
 
     def softmax_cross_entropy(self, logits, labels):

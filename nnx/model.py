@@ -14,11 +14,11 @@ import itertools
 import numpy as np
 
 from . import losses as losses_mod
+from . import model_checks as checks
 from . import model_io
 from . import optim as optim_mod
 from .backend import resolve
 from .callbacks import CallbackList, History, ProgressBar
-from .errors import InputError, ShapeError
 from .hooks import HookList, StepHooks, notify_model_use
 from .layers.base import Layer, _snake
 from .layers.container import Chain
@@ -41,10 +41,12 @@ class Model:
     ):
         if not isinstance(net, Layer):
             raise TypeError(f"Model expects an nnx Layer, got {type(net).__name__}")
+        seed = checks.check_seed(seed, type(self).__name__)
         kind = _snake(type(self).__name__)
         self.name = name or f"{kind}_{next(_model_counters.setdefault(kind, itertools.count(1)))}"
         self.net = net
         self.seed = seed
+        self.metadata: dict = {}  # saved with every checkpoint (see save)
         self.ops = resolve(backend, seed=seed, dtype=dtype)
         self.store = ParameterStore(net, self.ops, seed, owner=self)
         self.optimizer = None
@@ -133,42 +135,37 @@ class Model:
         if self.loss is None:
             raise RuntimeError(f"call model.compile(optimizer, loss) before {what}")
 
-    # -- input checks (host side, once per call) ------------------------------------------
+    # -- input checks (host side, once per call; see nnx.model_checks) -------------------------
     def _input_shape(self):
         first = self.layers[0] if self.layers else None
         return getattr(first, "in_features", None)
 
-    def _check_x(self, x, arg="x"):
-        if hasattr(x, "__cuda_array_interface__") and not self.ops.on_host:
-            return x  # already on the device; skip the host scan
-        x = np.asarray(self.ops.to_host(x) if hasattr(x, "get") else x)
-        if x.dtype.kind not in "fiub":
-            raise InputError(f"{arg}: expected a numeric array, got dtype {x.dtype}")
-        if x.ndim < 2:
-            raise ShapeError(f"{arg}: expected a batch of shape (N, features...), got {x.shape}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-            raise InputError(f"{arg} contains NaN or inf (first at index {bad})")
-        return x
+    def _check_x(self, x, arg="x", allow_empty=True):
+        return checks.check_x(self, x, arg, allow_empty)
 
     def _output_shape(self, x):
         return self.net.output_shape(tuple(x.shape[1:]))
 
-    def _check_xy(self, x, y, arg="x/y"):
-        x = self._check_x(x, arg.split("/")[0])
-        y = self.ops.to_host(y)  # also a CuPy array (whose __array__ refuses)
-        if len(x) != len(y):
-            raise ShapeError(f"{arg}: x has {len(x)} samples but y has {len(y)}")
+    def _check_xy(self, x, y, arg="x/y", allow_empty=False):
+        x = self._check_x(x, arg.split("/")[0], allow_empty)
+        y = checks.check_targets(self, x, y, arg.split("/")[-1])
         y = self.loss.check_targets(y, self._output_shape(x), arg.split("/")[-1])
         return x, y
 
+    def _to_device(self, x):
+        """A batch on the backend, cast to the model's dtype (ids of an Embedding-first model
+        stay integers)."""
+        return self.ops.asarray(x, dtype=checks.input_dtype(self))
+
     # -- one step -------------------------------------------------------------------------
     def train_step(self, x, y) -> float:
-        """One optimizer step on one batch (host or backend arrays); returns the loss."""
+        """One optimizer step on one batch (host or backend arrays); returns the loss. An empty
+        batch is an error, unless a hook of the step takes part in empty steps (a data-parallel
+        rank whose share of a global batch is empty)."""
         self._require_compiled("train_step")
         notify_model_use(self)
-        x, y = self._check_xy(x, y)
-        loss, _ = self.trainer.step(self.ops.asarray(x), self.loss.device_targets(self.ops, y))
+        x, y = self._check_xy(x, y, allow_empty=checks.takes_empty_steps(self))
+        loss, _ = self.trainer.step(self._to_device(x), self.loss.device_targets(self.ops, y))
         return self.trainer.check_running(loss, 1)
 
     def loss_and_grads(self, x, y):
@@ -178,7 +175,7 @@ class Model:
         notify_model_use(self)
         x, y = self._check_xy(x, y)
         loss, _ = self.trainer.forward_backward(
-            self.ops.asarray(x), self.loss.device_targets(self.ops, y)
+            self._to_device(x), self.loss.device_targets(self.ops, y)
         )
         grads = [self.ops.to_host(layer.grads[name]).copy() for layer, name in self.store.views()]
         return self.ops.to_float(loss), grads
@@ -205,30 +202,35 @@ class Model:
         a GPU."""
         self._require_compiled("fit")
         notify_model_use(self)
-        for arg, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
-                            ("initial_epoch", initial_epoch, 0)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-                what = "a positive int" if low else "a non-negative int"
-                raise ValueError(f"{arg} must be {what}, got {v!r}")
+        epochs = checks.check_int("epochs", epochs, 0, "fit")
+        batch_size = checks.check_batch_size(batch_size, "fit")
+        initial_epoch = checks.check_int("initial_epoch", initial_epoch, 0, "fit")
+        shuffle = checks.check_flag("shuffle", shuffle, "fit")
+        verbose = checks.check_verbose(verbose, "fit")
+        if check_every is not None:
+            check_every = checks.check_int("check_every", check_every, 1, "fit")
         if initial_epoch > epochs:
             raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
         x, y = self._check_xy(x, y)
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val)")
-            validation_data = self._check_xy(*validation_data, arg="validation_data")
+            validation_data = self._check_xy(*checks.check_validation_data(validation_data),
+                                             arg="validation_data")
         check_every = check_every or (1 if self.ops.on_host else 50)
-        plan = {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
-                "initial_epoch": int(initial_epoch)}
-        self.hooks.call("begin_fit", self, x, y, plan)
+        plan = {"epochs": epochs, "batch_size": batch_size, "shuffle": shuffle,
+                "initial_epoch": initial_epoch}
         n = len(x)
         history = History()
         cbs = CallbackList(list(callbacks or []) + [history], self)
         if verbose and self.is_chief:
             cbs.append(ProgressBar(verbose))
+        # Callbacks check what they need (a val_* monitor needs validation data, a checkpoint
+        # directory must exist) before any work, so a mistake costs no training time.
+        cbs.on_train_begin({"epochs": epochs, "samples": n, "batch_size": batch_size,
+                            "initial_epoch": initial_epoch, "metrics": self.metrics,
+                            "validation": validation_data is not None})
+        self.hooks.call("begin_fit", self, x, y, plan)
         xd, yd = self.ops.device_dataset(x), self.ops.device_dataset(y)
         self.stop_training = False
-        cbs.on_train_begin({"epochs": epochs, "samples": n, "batch_size": batch_size})
         # Overflow on the way to a diverged loss is reported by the NaN check, with advice,
         # instead of as a stream of NumPy RuntimeWarnings.
         try:
@@ -243,7 +245,7 @@ class Model:
         """{'loss': ..., 'accuracy': ...} over (x, y), in inference mode."""
         self._require_compiled("evaluate")
         notify_model_use(self)
-        _check_batch_size(batch_size)
+        batch_size = checks.check_batch_size(batch_size, "evaluate")
         x, y = self._check_xy(x, y)
         result = self._evaluate(x, y, batch_size)
         if verbose:
@@ -254,7 +256,7 @@ class Model:
         loss_sum, correct, term_sums = 0.0, 0, {}
         with self.hooks.observing():
             for start in range(0, len(x), batch_size):
-                xb = self.ops.asarray(x[start : start + batch_size])
+                xb = self._to_device(x[start : start + batch_size])
                 yb = self.loss.device_targets(self.ops, y[start : start + batch_size])
                 with collect_loss_terms() as terms:
                     out = self.net.forward(xb, training=False)
@@ -265,7 +267,7 @@ class Model:
                 loss_sum = loss_sum + loss * len(xb)
                 if self.metrics:
                     correct = correct + self.loss.correct(self.ops, out, yb)
-        n = max(len(x), 1)
+        n = len(x)  # >= 1: callers refuse empty data
         result = {"loss": self.ops.to_float(loss_sum) / n}
         if self.metrics:
             result["accuracy"] = self.ops.to_float(correct) / n
@@ -276,11 +278,11 @@ class Model:
     def predict(self, x, batch_size: int = 256):
         """Outputs for x in inference mode, as a NumPy array on the host."""
         notify_model_use(self)
-        _check_batch_size(batch_size)
+        batch_size = checks.check_batch_size(batch_size, "predict")
         x = self._check_x(x)
         with self.hooks.observing():
             outs = [
-                self.ops.to_host(self.net.forward(self.ops.asarray(x[s : s + batch_size])))
+                self.ops.to_host(self.net.forward(self._to_device(x[s : s + batch_size])))
                 for s in range(0, len(x), batch_size)
             ]
         if outs:
@@ -291,7 +293,7 @@ class Model:
         """Forward on backend arrays (no host copy), for composing with user code."""
         notify_model_use(self)
         with self.hooks.observing():
-            return self.net.forward(self.ops.asarray(x), training)
+            return self.net.forward(self._to_device(x), training)
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list:
@@ -299,20 +301,11 @@ class Model:
         return [self.ops.to_host(layer.params[name]).copy() for layer, name in self.store.views()]
 
     def set_weights(self, weights) -> None:
+        """Replace the parameters (arrays in get_weights() order): real numbers of the right
+        shapes, finite in the model's dtype; all are checked before any is written."""
         views = self.store.views()
-        weights = list(weights)
-        if len(weights) != len(views):
-            raise ValueError(f"set_weights: expected {len(views)} arrays, got {len(weights)}")
-        for (layer, name), w in zip(views, weights):
-            target = layer.params[name]
-            w = np.asarray(self.ops.to_host(w))
-            if w.shape != tuple(target.shape):
-                raise ShapeError(
-                    f"set_weights: {layer.name}.{name} expects shape "
-                    f"{tuple(target.shape)}, got {w.shape}"
-                )
-        for (layer, name), w in zip(views, weights):
-            layer.params[name][...] = self.ops.asarray(np.asarray(self.ops.to_host(w)))
+        for (layer, name), w in zip(views, checks.check_weights(self, weights)):
+            layer.params[name][...] = self.ops.asarray(w)
 
     def get_buffers(self) -> dict:
         """Non-trainable state (e.g. batch-norm running statistics) as host arrays."""
@@ -323,26 +316,25 @@ class Model:
         }
 
     def set_buffers(self, buffers: dict) -> None:
+        """Replace the non-trainable state (`get_buffers()` keys), checked like set_weights."""
+        checked = checks.check_buffers(self, buffers)
         for layer in self.layers:
             for k, v in layer.buffers.items():
-                key = f"{layer.name}/{k}"
-                if key not in buffers:
-                    raise ValueError(f"set_buffers: missing {key}")
-                arr = self.ops.to_host(buffers[key])
-                if arr.shape != tuple(v.shape):
-                    raise ShapeError(
-                        f"set_buffers: {key} expects shape {tuple(v.shape)}, got {arr.shape}"
-                    )
-                v[...] = self.ops.asarray(arr, dtype=v.dtype)
+                v[...] = self.ops.asarray(checked[f"{layer.name}/{k}"], dtype=v.dtype)
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write weights, architecture and optimizer state atomically (see nnx.checkpoint).
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write weights, architecture, optimizer state and `metadata` atomically to `path`
+        (see nnx.checkpoint); `nnx.load` gives the metadata back as `model.metadata`.
 
-        Under data parallelism only the chief process (rank 0) writes."""
+        `metadata`: a JSON-able dict (string keys; str, finite numbers, bools, None, lists,
+        dicts; at most nnx.checkpoint.MAX_METADATA_BYTES as JSON), e.g. a tokenizer; None saves
+        `self.metadata`. The destination directory must exist (it is not created): a missing
+        one raises CheckpointError before anything is written. Under data parallelism only the
+        chief process (rank 0) writes."""
         if not self.is_chief:
             return
-        model_io.save(self, path)
+        model_io.save(self, path, self.metadata if metadata is None else metadata)
 
     @classmethod
     def load(cls, path, backend=None) -> Model:
@@ -380,12 +372,6 @@ class Model:
         if print_fn:
             print_fn(out)
         return out
-
-
-def _check_batch_size(batch_size) -> None:
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 def load(path, backend=None) -> Model:

@@ -6,7 +6,10 @@ validates everything that can be checked before memory is committed: the header'
 types, the architecture (rebuilt as layer objects, which allocate nothing, with bounded depth and
 count), and every weight array's name, shape and dtype against that architecture, with the
 total declared bytes bounded by the file's real array bytes. Only then are the parameters
-allocated and filled.
+allocated and filled. Arrays must be real, finite numbers; running variances and Adam's second
+moments must also be >= 0 (a negative one gives NaN outputs or steps). User metadata
+(`Model.save(path, metadata=...)`) is validated like on saving and comes back as
+`model.metadata`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from . import checkpoint
 from .errors import CheckpointError, NNXError
 from .layers.base import LayerBuilder, layer_to_dict
+from .model_checks import SEED_LIMIT
 
 _INT_LIMIT = 2**62
 
@@ -32,7 +36,12 @@ def model_config(model) -> dict:
     }
 
 
-def save(model, path) -> None:
+def save(model, path, metadata=None, progress: dict | None = None) -> None:
+    """Write `model` to `path` (see nnx.checkpoint.write). `metadata`: the user's JSON-able
+    dict (validated here, before anything is gathered); `progress`: what a callback records
+    about the training run that wrote the file ({"epoch", "monitor", "best"})."""
+    checkpoint.destination(path)  # a missing directory fails before any work
+    metadata = checkpoint.check_metadata({} if metadata is None else metadata)
     arrays = {}
     for i, w in enumerate(model.get_weights()):
         arrays[f"w/{i:04d}"] = w
@@ -59,7 +68,10 @@ def save(model, path) -> None:
         "metrics": list(model.metrics),
         # the epoch-shuffle generator, so that a resumed fit continues the same order
         "shuffle_state": model.trainer.shuffle_generator().bit_generator.state,
+        "metadata": metadata,
     }
+    if progress is not None:
+        header["progress"] = progress
     checkpoint.write(path, header, arrays)
 
 
@@ -91,12 +103,16 @@ def _check_header(reader) -> dict:
     cfg = h["model"]
     seed = cfg.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
-                             or not 0 <= seed < _INT_LIMIT):
+                             or not 0 <= seed < SEED_LIMIT):
         raise reader.error(f"model seed must be a non-negative int or null, got {seed!r:.40}")
     if cfg.get("dtype", "float32") not in ("float16", "float32", "float64", "bfloat16"):
         raise reader.error(f"model dtype {cfg.get('dtype')!r:.40} is not supported")
     if not all(isinstance(b, str) for b in h["buffers"]):
         raise reader.error("header field 'buffers' must list strings")
+    meta = h.get("metadata")
+    if meta is not None:
+        h["metadata"] = checkpoint.check_metadata(
+            meta, lambda msg: reader.error(f"has invalid metadata ({msg})"))
     return h
 
 
@@ -150,11 +166,14 @@ def _load(reader, backend, classes):
     model = cls(net, backend=backend, seed=cfg.get("seed"), dtype=cfg.get("dtype", "float32"),
                 name=cfg.get("name") if isinstance(cfg.get("name"), str) else None)
     model.set_weights(weights)
+    model.metadata = h.get("metadata") or {}
     current = model.get_buffers()
     if sorted(current) != sorted(h["buffers"]):
         raise reader.error(f"has buffers {sorted(h['buffers'])[:4]}; the model has "
                            f"{sorted(current)[:4]}")
-    model.set_buffers({k: reader.array(f"buf/{k}", current[k].shape) for k in current})
+    model.set_buffers({k: reader.array(f"buf/{k}", current[k].shape,
+                                       nonnegative=k.endswith("/running_var"))
+                       for k in current})
     if h.get("loss") is not None:
         try:
             model.compile(h.get("optimizer") or "adam", h["loss"], h["metrics"])
@@ -166,8 +185,9 @@ def _load(reader, backend, classes):
             raise reader.error(f"has optimizer state {sorted(h['optimizer_state'])}; "
                                f"{type(opt).__name__} keeps {sorted(opt.state)}")
         for k in h["optimizer_state"]:
-            arr = reader.array(f"opt/{k}", tuple(opt.state[k].shape))
-            opt.state[k][...] = model.ops.asarray(arr)
+            arr = reader.array(f"opt/{k}", tuple(opt.state[k].shape),
+                               nonnegative=k in opt.nonnegative_state)
+            opt.state[k][...] = model.ops.asarray(arr, dtype=opt.state[k].dtype)
     state = h.get("shuffle_state")
     if state is not None:
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import TrainingDivergedError
 from .layers.base import LOSS_TERMS
+from .model_checks import input_dtype
 
 
 class collect_loss_terms:
@@ -100,6 +101,7 @@ class Trainer:
         model = self.model
         ops, loss_fn, hooks = model.ops, model.loss, model.hooks
         batch_size = plan["batch_size"]
+        x_dtype = input_dtype(model)  # int/bool inputs become the model's dtype per batch
         order_rng = self.shuffle_generator()
         for epoch in range(plan["initial_epoch"], plan["epochs"]):
             cbs.on_epoch_begin(epoch)
@@ -111,6 +113,8 @@ class Trainer:
                 batch = order[start : start + batch_size]
                 idx = hooks.split_batch(batch)
                 xb = ops.take_batch(xd, idx)
+                if x_dtype is not None and xb.dtype != x_dtype:
+                    xb = xb.astype(x_dtype)
                 yb = loss_fn.device_targets(ops, ops.take_batch(yd, idx))
                 loss, out = self.step(xb, yb, len(batch))
                 m = len(xb)
