@@ -297,3 +297,94 @@ def test_batches_validate_at_call_time():
         iterate_batches(np.zeros(4), batch_size=2.5)
     with pytest.raises(ValueError, match=r"same length.*\[4, 5\]"):
         iterate_batches(np.zeros(4), np.zeros(5), batch_size=2)
+
+
+# ---------------------------------------------------------------- hostile values (issue 14)
+
+
+@pytest.mark.parametrize("big", [1e308, np.finfo(np.float64).max])
+def test_minmax_extreme_floats_do_not_overflow(big):
+    """max - min overflowed to inf: every value mapped to 0."""
+    x = np.array([[-big, 0.0], [big, 1.0], [0.0, 0.5]])
+    s = MinMaxScaler(dtype=np.float64)
+    y = s.fit_transform(x)
+    np.testing.assert_allclose(y, [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
+    np.testing.assert_allclose(s.inverse_transform(y), x)
+    y2 = MinMaxScaler((-1, 1)).fit_transform(x[:, :1])
+    assert y2.dtype == np.float32
+    np.testing.assert_array_equal(y2[:, 0], [-1.0, 1.0, 0.0])
+    # a value beyond the fit range on the far side still comes out right (no overflow in x-min)
+    np.testing.assert_allclose(MinMaxScaler(dtype=np.float64).fit([[0.0], [1e308]]).transform(
+        [[-1e308]]), [[-1.0]])
+
+
+def test_minmax_int64_values_float64_cannot_tell_apart():
+    """2**62 and 2**62 + 1 are the same float64: converting before differencing gave [0, 0]."""
+    x = np.array([[2**62], [2**62 + 1]], dtype=np.int64)
+    s = MinMaxScaler()
+    np.testing.assert_array_equal(s.fit_transform(x)[:, 0], [0.0, 1.0])
+    assert s.data_range_[0] == 1.0
+    np.testing.assert_array_equal(s.transform(np.array([[2**62 + 3]]))[:, 0], [3.0])
+    info = np.iinfo(np.int64)
+    full = np.array([[info.min], [0], [info.max]], dtype=np.int64)
+    np.testing.assert_allclose(MinMaxScaler(dtype=np.float64).fit_transform(full)[:, 0],
+                               [0.0, 0.5, 1.0])
+    u = np.array([[2**64 - 2], [2**64 - 1]], dtype=np.uint64)
+    np.testing.assert_array_equal(MinMaxScaler().fit_transform(u)[:, 0], [0.0, 1.0])
+    # transform data of another integer type than fit, below the fit minimum
+    np.testing.assert_array_equal(
+        MinMaxScaler().fit(np.array([[10], [20]], np.uint64)).transform(np.array([[0]], np.int8)),
+        [[-1.0]],
+    )
+
+
+@pytest.mark.parametrize("big", [1e200, 1e308])
+def test_standard_extreme_floats_do_not_overflow(big):
+    """(x - mean)**2 overflowed to inf: std inf, every value mapped to +-0."""
+    x = np.array([[-big], [big]])
+    s = StandardScaler(dtype=np.float64)
+    y = s.fit_transform(x)
+    np.testing.assert_allclose(y[:, 0], [-1.0, 1.0])
+    assert s.mean_[0] == 0.0 and s.scale_[0] == pytest.approx(big)
+    np.testing.assert_allclose(s.inverse_transform(y), x)
+    three = np.array([[-big], [big], [big]])
+    z = three[:, 0] / big  # the same data in units of `big`: numpy's answer without overflow
+    expected = (z - z.mean()) / z.std()
+    np.testing.assert_allclose(StandardScaler().fit_transform(three)[:, 0], expected, rtol=1e-6)
+
+
+def test_standard_int64_values_float64_cannot_tell_apart():
+    x = np.array([[2**62], [2**62 + 1]], dtype=np.int64)
+    s = StandardScaler()
+    np.testing.assert_array_equal(s.fit_transform(x)[:, 0], [-1.0, 1.0])
+    assert s.var_[0] == 0.25
+
+
+def test_one_hot_huge_inferred_class_count_is_refused():
+    """one_hot([10**10]) tried to allocate 37 GiB."""
+    with pytest.raises(ValueError, match=r"largest label is 10000000000.*num_classes"):
+        one_hot([10**10])
+    with pytest.raises(ValueError, match="num_classes"):
+        one_hot(np.array([3, 70000]))
+    # explicit num_classes: the caller's decision, within memory
+    assert one_hot([70000], num_classes=70001).shape == (1, 70001)
+    # explicit and impossible: our error with the size, not numpy's MemoryError
+    with pytest.raises(ValueError, match=r"num_classes=1000000000000.*GiB"):
+        one_hot([1], num_classes=10**12)
+
+
+@pytest.mark.parametrize("seed", ["abc", -1, True, 2.5, [1, "a"]])
+def test_split_and_batches_refuse_bad_seeds(seed):
+    """seed='abc' failed with a TypeError from deep inside numpy."""
+    with pytest.raises(ValueError, match=r"train_test_split: seed must be None, an int >= 0"):
+        train_test_split(np.arange(10), seed=seed)
+    with pytest.raises(ValueError, match=r"iterate_batches: seed must be"):
+        iterate_batches(np.arange(10), batch_size=2, shuffle=True, seed=seed)
+
+
+def test_split_accepts_generators_and_numpy_ints():
+    a = train_test_split(np.arange(10), seed=np.random.default_rng(5))
+    b = train_test_split(np.arange(10), seed=np.int64(5))
+    c = train_test_split(np.arange(10), seed=5)
+    assert len(a[1]) == 2
+    np.testing.assert_array_equal(b[1], c[1])

@@ -9,47 +9,91 @@ the table, write JSON, tables and PNG plots; or compare two earlier runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 
 from nnx import bench
 from nnx.bench import machine, report
 from nnx.bench import plots as plots_mod
 from nnx.bench.crossover import format_crossover, plot_crossover
-from nnx.errors import NNXError
+from nnx.commands._args import NON_NEGATIVE, POSITIVE, POSITIVE_INT, UsageError, dir_destination
+
+
+def suite_name(text: str) -> str:
+    """Type: a suite of the default registry."""
+    names = bench.default_registry().names()
+    if text not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown suite {text!r}; expected one of: {', '.join(names)}"
+        )
+    return text
+
+
+def target_name(text: str) -> str:
+    """Type: an nnx backend or torch target that can run here (an unavailable one is refused,
+    not skipped: a benchmark of nothing would exit 0 with no results)."""
+    from nnx import compat
+    from nnx.backend import backend_module, backend_names
+    from nnx.bench.registry import TORCH_TARGETS
+
+    known = [*backend_names(), *TORCH_TARGETS]
+    if text not in known:
+        raise argparse.ArgumentTypeError(
+            f"unknown target {text!r}; expected one of: {', '.join(known)}"
+        )
+    if text in TORCH_TARGETS:
+        if not compat.has_torch:
+            raise argparse.ArgumentTypeError(
+                f"target {text!r} is not available: PyTorch is not installed (pip install torch)"
+            )
+        if text == "torch-cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise argparse.ArgumentTypeError(
+                    "target 'torch-cuda' is not available: torch sees no CUDA device"
+                )
+        return text
+    mod = backend_module(text)
+    if not mod.is_available():
+        raise argparse.ArgumentTypeError(
+            f"backend {text!r} is not available here: {mod.unavailable_reason()}"
+        )
+    return text
 
 
 def add_parser(sub, help_text):
     p = sub.add_parser("bench", help=help_text, description=help_text)
-    p.add_argument("--suite", nargs="+", metavar="NAME", default=None,
+    p.add_argument("--suite", nargs="+", metavar="NAME", default=None, type=suite_name,
                    help="suites to run (default: all; see --list)")
-    p.add_argument("--backends", nargs="+", metavar="NAME", default=None,
+    p.add_argument("--backends", nargs="+", metavar="NAME", default=None, type=target_name,
                    help="targets: nnx backends and/or torch, torch-cuda (default: every "
                         "available backend plus torch)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and few repeats: checks the harness, not the speed")
     p.add_argument("--out", default="bench-out", metavar="DIR",
-                   help="where bench.json, table.txt/.md and the PNGs go (default ./bench-out)")
+                   help="where bench.json, table.txt/.md and the PNGs go (default ./bench-out; "
+                        "created, and checked writable, before anything runs)")
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
                    help="compare two bench.json files instead of running")
     p.add_argument("--merge", nargs="+", metavar="RUN.json", default=None,
                    help="merge earlier runs (later ones win per case and target) into --out, "
                         "rewriting the tables and plots, instead of running")
-    p.add_argument("--threshold", type=float, default=0.05,
+    p.add_argument("--threshold", type=NON_NEGATIVE, default=0.05,
                    help="--compare: relative change that counts, besides disjoint IQRs (0.05)")
     p.add_argument("--crossover", action="store_true",
                    help="run the batch x width crossover sweep (alone, unless --suite is given)")
-    p.add_argument("--repeats", type=int, default=None, metavar="N",
-                   help="interleaved rounds per case (default 15; quick 3)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--repeats", type=POSITIVE_INT, default=None, metavar="N",
+                   help="interleaved rounds per case, >= 1 (default 15; quick 3)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, metavar="N",
                    help="threads for Numba, BLAS and torch alike (default: as configured)")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait-quiet", type=NON_NEGATIVE, default=0.0, metavar="SECONDS",
                    help="first wait up to SECONDS for other processes to leave the CPUs idle")
-    p.add_argument("--busy-threshold", type=float, default=None, metavar="CPUS",
+    p.add_argument("--busy-threshold", type=NON_NEGATIVE, default=None, metavar="CPUS",
                    help="redo a round when other processes used more than CPUS cores during it, "
                         "after waiting for them (default 0.5; quick: off; 0: off)")
-    p.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--max-wait", type=POSITIVE, default=None, metavar="SECONDS",
                    help="with --busy-threshold: wait at most this long per case (default 90)")
     p.add_argument("--no-torch", action="store_true", help="leave the PyTorch yardstick out")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
@@ -68,26 +112,25 @@ def run(args) -> int:
         try:
             cmp = report.compare(*args.compare, threshold=args.threshold)
         except (OSError, ValueError) as exc:
-            print(f"nnx bench --compare: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"argument --compare: {exc}") from exc
         print(report.format_compare(cmp))
         return 0
+    if args.no_torch and any(t.startswith("torch") for t in args.backends or ()):
+        raise UsageError("argument --no-torch: conflicts with --backends "
+                         f"{' '.join(args.backends)} (which names a torch target)")
+    dir_destination("--out", args.out)  # before any work: the results must have a place
     if args.merge:
         try:
             res = report.merge_runs(args.merge)
         except (OSError, ValueError) as exc:
-            print(f"nnx bench --merge: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"argument --merge: {exc}") from exc
         return write_outputs(res, args.out, plots=not args.no_plots)
-    try:
-        res = bench.run(suites=args.suite, backends=args.backends, quick=args.quick,
-                        repeats=args.repeats, torch=not args.no_torch, threads=args.threads,
-                        crossover=args.crossover, wait_quiet=args.wait_quiet,
-                        busy_threshold=args.busy_threshold, max_wait=args.max_wait,
-                        argv=_argv(args))
-    except NNXError as exc:
-        print(f"nnx bench: {exc}", file=sys.stderr)
-        return 2
+    # an error while benchmarking reaches nnx.cli: one line `nnx: error: ...`, exit code 1
+    res = bench.run(suites=args.suite, backends=args.backends, quick=args.quick,
+                    repeats=args.repeats, torch=not args.no_torch, threads=args.threads,
+                    crossover=args.crossover, wait_quiet=args.wait_quiet,
+                    busy_threshold=args.busy_threshold, max_wait=args.max_wait,
+                    argv=_argv(args))
     return write_outputs(res, args.out, plots=not args.no_plots)
 
 

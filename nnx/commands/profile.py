@@ -12,28 +12,43 @@ migrates vCPUs this difference is within the run-to-run noise of a few percent).
 from __future__ import annotations
 
 import json
-import sys
 import time
+
+from nnx.commands._args import (
+    POSITIVE_INT,
+    SEED,
+    backend_name,
+    file_destination,
+    hidden_sizes,
+    model_name,
+    model_options,
+)
 
 
 def add_parser(sub, help_text):
     p = sub.add_parser("profile", help=help_text, description=help_text)
-    p.add_argument("--model", default="mlp", help="a model of nnx/models/ (default mlp)")
-    p.add_argument("--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND "
-                   "or numpy)")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--model", default="mlp", type=model_name,
+                   help="a model of nnx/models/ (default mlp)")
+    p.add_argument("--backend", default=None, type=backend_name,
+                   help="numpy | numba | cupy (default: NNX_BACKEND or numpy)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=1, help="an integer >= 1 (default 1)")
     p.add_argument("--data", choices=["sample", "mnist"], default="sample",
                    help="sample: the MNIST sample inside nnx (6000 images); mnist: the full set "
                         "(NNX_DATA_DIR or the cache)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--hidden", default=None, help="MLP hidden sizes, e.g. 512,256")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="(default 128)")
+    p.add_argument("--hidden", default=None, type=hidden_sizes,
+                   help="hidden sizes: one per layer for mlp (e.g. 512,256), one size for cnn, "
+                        "lstm and autoencoder")
+    p.add_argument("--seed", type=SEED, default=0, help="an integer >= 0 (default 0)")
     p.add_argument("--trace", default=None, metavar="OUT.json",
-                   help="write a Chrome trace (chrome://tracing, ui.perfetto.dev)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the summary as JSON")
+                   help="write a Chrome trace (chrome://tracing, ui.perfetto.dev); a missing "
+                        "directory is created before the run")
+    p.add_argument("--json", default=None, metavar="OUT.json",
+                   help="write the summary as JSON (a missing directory is created)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the unprofiled run (no measured overhead)")
-    p.add_argument("--top", type=int, default=25, help="kernels listed (default 25)")
+    p.add_argument("--top", type=POSITIVE_INT, default=25,
+                   help="kernels listed, an integer >= 1 (default 25)")
     p.set_defaults(command="profile")
     return p
 
@@ -44,20 +59,13 @@ def run(args) -> int:
     from nnx.commands.train import load_data
     from nnx.profile import profile
 
-    try:
-        zoo = models.get(args.model)
-        options = {}
-        if args.model == "mlp" and args.hidden:
-            options["hidden"] = tuple(int(h) for h in args.hidden.split(","))
-        model = zoo.build(backend=args.backend, seed=args.seed, **options)
-    except (nnx.BackendUnavailableError, nnx.UnknownNameError) as exc:
-        print(f"nnx profile: {exc}", file=sys.stderr)
-        return 2
-    try:
-        (xtr, ytr), _ = load_data(args.data, zoo.INPUT)
-    except nnx.NNXError as exc:
-        print(f"nnx profile: {exc}", file=sys.stderr)
-        return 2
+    zoo = models.get(args.model)
+    options = model_options(zoo, args.model, args.hidden, None)
+    for flag, dest in (("--trace", args.trace), ("--json", args.json)):
+        if dest:
+            file_destination(flag, dest)
+    (xtr, ytr), _ = load_data(args.data, zoo.INPUT)
+    model = zoo.build(backend=args.backend, seed=args.seed, **options)
     if zoo.TARGET == "inputs":
         ytr = xtr.reshape(len(xtr), -1)
     model.compile(nnx.Adam(1e-3), zoo.LOSS, ["accuracy"] if zoo.TARGET == "labels" else [])

@@ -1,11 +1,29 @@
 """`nnx train`: train a zoo model (nnx/models/) on MNIST and report the test metric.
 
-The default, an MLP on the MNIST sample shipped inside nnx, runs offline on a fresh machine."""
+The default, an MLP on the MNIST sample shipped inside nnx, runs offline on a fresh machine.
+
+Every value is checked before any work: invalid numbers while the command line is parsed, then
+the model's options (--hidden, --dropout: refused for a model without them, never ignored) and
+the --save destination. A --save path in a directory that does not exist yet creates that
+directory before training, so a trained model is never lost to a missing folder.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+
+from nnx.commands._args import (
+    DROPOUT,
+    LEARNING_RATE,
+    POSITIVE_INT,
+    SEED,
+    backend_name,
+    file_destination,
+    hidden_sizes,
+    model_name,
+    model_options,
+)
 
 
 def add_parser(sub, help_text):
@@ -13,7 +31,8 @@ def add_parser(sub, help_text):
     p.add_argument(
         "--model",
         default="mlp",
-        help="a model of nnx/models/: mlp (default), cnn, lstm, autoencoder, ...",
+        type=model_name,
+        help="a model of nnx/models/: mlp (default), cnn, lstm, autoencoder, transformer",
     )
     p.add_argument(
         "--data",
@@ -23,16 +42,36 @@ def add_parser(sub, help_text):
         "from NNX_DATA_DIR or the cache (downloaded if missing)",
     )
     p.add_argument(
-        "--backend", default=None, help="numpy | numba | cupy (default: NNX_BACKEND or numpy)"
+        "--backend",
+        default=None,
+        type=backend_name,
+        help="numpy | numba | cupy (default: NNX_BACKEND or numpy)",
     )
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=5, help="an integer >= 1 (default 5)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="(default 128)")
+    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3, help="> 0, finite (default 1e-3)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", default=None, help="MLP hidden sizes, e.g. 512,256")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model here")
+    p.add_argument("--seed", type=SEED, default=0, help="an integer >= 0 (default 0)")
+    p.add_argument(
+        "--hidden",
+        default=None,
+        type=hidden_sizes,
+        help="hidden sizes: one per layer for mlp (e.g. 512,256), one size for cnn, lstm and "
+        "autoencoder (default: the model's)",
+    )
+    p.add_argument(
+        "--dropout",
+        type=DROPOUT,
+        default=None,
+        help="dropout rate in [0, 1) (mlp, cnn, lstm, autoencoder, transformer; refused for a "
+        "model without dropout; default: the model's, 0.25 for cnn and 0 for the others)",
+    )
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="PATH",
+        help="save the trained model here (a missing directory is created before training)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument(
         "--distributed",
@@ -62,18 +101,12 @@ def run(args) -> int:
     import nnx
     from nnx import models
 
-    try:
-        zoo = models.get(args.model)
-        options = {}
-        if args.model == "mlp":
-            if args.hidden:
-                options["hidden"] = tuple(int(h) for h in args.hidden.split(","))
-            options["dropout"] = args.dropout
-        model = zoo.build(backend=args.backend, seed=args.seed, **options)
-    except (nnx.BackendUnavailableError, nnx.UnknownNameError) as exc:
-        print(f"nnx train: {exc}", file=sys.stderr)
-        return 2
-    (xtr, ytr), (xte, yte) = load_data(args.data, zoo.INPUT)
+    zoo = models.get(args.model)
+    options = model_options(zoo, args.model, args.hidden, args.dropout)
+    if args.save:
+        file_destination("--save", args.save)
+    (xtr, ytr), (xte, yte) = load_data(args.data, zoo.INPUT)  # missing files: fail first
+    model = zoo.build(backend=args.backend, seed=args.seed, **options)
     if zoo.TARGET == "inputs":
         ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
     opt = {"adam": nnx.Adam, "adamw": nnx.AdamW, "sgd": nnx.SGD}[args.optimizer](lr=args.lr)
