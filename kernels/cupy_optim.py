@@ -1,11 +1,14 @@
-"""The optimizer updates of the CuPy backend: SGD and Adam/AdamW as ONE kernel launch each over
-the flat parameter buffer, with the loss-scaling checks of mixed precision around them.
+"""The optimizer updates of the CuPy backend: SGD, Adam/AdamW, RMSprop, Adagrad and Adadelta as
+ONE kernel launch each over the flat parameter buffer, with the loss-scaling checks of mixed
+precision around them.
 
 Kept apart from the layer kernels because it is the one place where CUDA graphs and the host
 meet: the step-dependent scalars (Adam's lr / (1 - beta1**step), sqrt(1 - beta2**step),
-1 - lr*wd, and the learning rate a schedule changes) are kernel arguments in an eager step, and
-come from a device buffer that `CapturedGraph.replay()` rewrites when the update is being
-captured into a graph (cupy_graphs.py explains why).
+1 - lr*wd, Adagrad's lr / (1 + (step-1)*lr_decay), and the learning rate a schedule or a
+callback changes: read afresh at every call, never cached) are kernel arguments in an eager
+step, and come from a device buffer that `CapturedGraph.replay()` rewrites when the update is
+being captured into a graph (cupy_graphs.py explains why; a replay takes its rate from
+`replay(lr=...)`, not from the optimizer).
 """
 
 from __future__ import annotations
@@ -163,6 +166,148 @@ class OptimizerMixin:
                     float(weight_decay),
                     float(decay),
                     int(bool(weight_decay and decoupled)),
+                    self._loss_scale,
+                    self._found_inf,
+                    hyper,
+                    use_hyper,
+                )
+            self._end_update()
+        return None
+
+    def rmsprop_update(
+        self,
+        params,
+        grads,
+        square_avg,
+        grad_avg,
+        momentum_buffer,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        """PyTorch's RMSprop in one launch (see `reference_optim.OptimKernels`); `grad_avg`
+        and `momentum_buffer` are read only when centered / momentum > 0."""
+        state = [square_avg]
+        if centered:
+            state.append(grad_avg)
+        if momentum:
+            state.append(momentum_buffer)
+        variant = None if any(a is None for a in state) else self._flat_variant(params, grads,
+                                                                                  *state)
+        if variant is None:
+            self._no_fused_update("rmsprop_update")
+            return super().rmsprop_update(params, grads, square_avg, grad_avg, momentum_buffer,
+                                          lr, alpha, eps, weight_decay, momentum, centered)
+        with self._scope():
+            self._begin_update(grads)
+            if params.size:
+                dummy = self._dummy[numpy.dtype(params.dtype)]
+                hyper, use_hyper = self._hyper(lambda _s, rate: (rate, 0.0, 0.0), 0, lr)
+                self._k("nnx_rmsprop_" + variant)(
+                    _grid(params.size, self.max_grid),
+                    BLOCK,
+                    params,
+                    grads,
+                    square_avg,
+                    grad_avg if centered else dummy,
+                    momentum_buffer if momentum else dummy,
+                    params.size,
+                    float(lr),
+                    float(alpha),
+                    1.0 - alpha,
+                    float(eps),
+                    float(weight_decay),
+                    float(momentum),
+                    int(bool(centered)),
+                    self._loss_scale,
+                    self._found_inf,
+                    hyper,
+                    use_hyper,
+                )
+            self._end_update()
+        return None
+
+    def adagrad_update(
+        self,
+        params,
+        grads,
+        state_sum,
+        step: int,
+        lr: float,
+        lr_decay: float,
+        eps: float,
+        weight_decay: float = 0.0,
+    ) -> None:
+        """PyTorch's Adagrad in one launch; lr / (1 + (step-1)*lr_decay) is formed in float64
+        on the host (and per replayed step inside a CUDA graph)."""
+        variant = self._flat_variant(params, grads, state_sum)
+        if variant is None:
+            self._no_fused_update("adagrad_update")
+            return super().adagrad_update(params, grads, state_sum, step, lr, lr_decay, eps,
+                                          weight_decay)
+
+        def decayed(s, rate):
+            return (rate / (1.0 + (s - 1) * lr_decay), 0.0, 0.0)
+
+        with self._scope():
+            self._begin_update(grads)
+            if params.size:
+                hyper, use_hyper = self._hyper(decayed, step, lr)
+                self._k("nnx_adagrad_" + variant)(
+                    _grid(params.size, self.max_grid),
+                    BLOCK,
+                    params,
+                    grads,
+                    state_sum,
+                    params.size,
+                    float(decayed(step, lr)[0]),
+                    float(eps),
+                    float(weight_decay),
+                    self._loss_scale,
+                    self._found_inf,
+                    hyper,
+                    use_hyper,
+                )
+            self._end_update()
+        return None
+
+    def adadelta_update(
+        self,
+        params,
+        grads,
+        square_avg,
+        acc_delta,
+        lr: float,
+        rho: float,
+        eps: float,
+        weight_decay: float = 0.0,
+    ) -> None:
+        """PyTorch's Adadelta in one launch (see `reference_optim.OptimKernels`)."""
+        variant = self._flat_variant(params, grads, square_avg, acc_delta)
+        if variant is None:
+            self._no_fused_update("adadelta_update")
+            return super().adadelta_update(params, grads, square_avg, acc_delta, lr, rho, eps,
+                                           weight_decay)
+        with self._scope():
+            self._begin_update(grads)
+            if params.size:
+                hyper, use_hyper = self._hyper(lambda _s, rate: (rate, 0.0, 0.0), 0, lr)
+                self._k("nnx_adadelta_" + variant)(
+                    _grid(params.size, self.max_grid),
+                    BLOCK,
+                    params,
+                    grads,
+                    square_avg,
+                    acc_delta,
+                    params.size,
+                    float(lr),
+                    float(rho),
+                    1.0 - rho,
+                    float(eps),
+                    float(weight_decay),
                     self._loss_scale,
                     self._found_inf,
                     hyper,

@@ -62,14 +62,14 @@ from .numba_dispatch import (
 from .numba_dropout import _dropout_par, _dropout_ser, _mul_par, _mul_ser
 from .numba_layers import NumbaLayerKernels
 from .numba_loss import _sce_int_par, _sce_int_ser, _sce_prob_par, _sce_prob_ser
-from .numba_optim import _adam_par, _adam_ser, _sgd_par, _sgd_ser
+from .numba_optim import NumbaOptimKernels, _adam_par, _adam_ser, _sgd_par, _sgd_ser
 from .reference import Ops
 
 
 # ============================================================================================
 # The backend
 # ============================================================================================
-class NumbaOps(NumbaLayerKernels, Ops):
+class NumbaOps(NumbaLayerKernels, NumbaOptimKernels, Ops):
     """NumPy arrays; BLAS GEMMs with fused Numba epilogues, fused losses and optimizers."""
 
     name = "numba"

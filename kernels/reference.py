@@ -15,7 +15,8 @@ Contract, in short (shapes for the 2-D case; leading dimensions are flattened by
 - losses return `(loss, dinput)` with the loss a 0-d array (no host sync) and the gradient of the
   mean loss.
 - optimizer updates work in place on flat buffers; scalars arrive as Python floats (float64), so
-  that `1 - beta2` does not drift in float32.
+  that `1 - beta2` does not drift in float32 (`reference_optim.py`: SGD, Adam/AdamW, RMSprop,
+  Adagrad, Adadelta, mixed into `Ops`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import numpy
 
 from .reference_layers import LayerKernels
+from .reference_optim import OptimKernels
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu")
 _GELU_K = math.sqrt(2.0 / math.pi)
@@ -34,7 +36,7 @@ LEAKY_SLOPE = 0.01
 GELU_CLIP = 20.0
 
 
-class Ops(LayerKernels):
+class Ops(OptimKernels, LayerKernels):
     """The reference backend. Runs on NumPy arrays as is, on CuPy arrays with `xp = cupy`."""
 
     name = "numpy"
@@ -271,50 +273,3 @@ class Ops(LayerKernels):
 
     def backprop_dropout(self, dy, mask):
         return dy * mask
-
-    # -- optimizers (in place, flat buffers) ----------------------------------------------
-    def sgd_update(
-        self,
-        params,
-        grads,
-        velocity,
-        lr: float,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-    ) -> None:
-        """PyTorch's SGD: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v if nesterov else v)."""
-        g = grads + weight_decay * params if weight_decay else grads
-        if momentum:
-            velocity *= momentum
-            velocity += g
-            g = g + momentum * velocity if nesterov else velocity
-        params -= lr * g
-
-    def adam_update(
-        self,
-        params,
-        grads,
-        m,
-        v,
-        step: int,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float = 0.0,
-        decoupled: bool = False,
-    ) -> None:
-        """Adam (decoupled=False: L2 added to the gradient) or AdamW (decoupled weight decay),
-        with PyTorch's bias correction. Scalars are computed in float64 on the host."""
-        if weight_decay and decoupled:
-            params *= 1.0 - lr * weight_decay
-        g = grads + weight_decay * params if (weight_decay and not decoupled) else grads
-        m *= beta1
-        m += (1.0 - beta1) * g
-        v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        bc1 = 1.0 - beta1**step
-        bc2_sqrt = math.sqrt(1.0 - beta2**step)
-        denom = self.xp.sqrt(v) / bc2_sqrt + eps
-        params -= (lr / bc1) * m / denom

@@ -45,13 +45,15 @@ from .hooks import StepHooks
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
 from .model import Model, Sequential, load
-from .optim import SGD, Adam, AdamW, CosineDecay, StepDecay
+from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, CosineDecay, RMSprop, StepDecay
 from .regularizers import L1, L1L2, L2
 
 __version__ = "0.1.0"
 
 __all__ = [
     *_layer_names,
+    "Adadelta",
+    "Adagrad",
     "Adam",
     "AdamW",
     "BackendUnavailableError",
@@ -68,6 +70,7 @@ __all__ = [
     "ModelCheckpoint",
     "NNXError",
     "ProgressBar",
+    "RMSprop",
     "SGD",
     "StepHooks",
     "Sequential",

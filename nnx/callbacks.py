@@ -1,14 +1,20 @@
-"""Callbacks: History, EarlyStopping, ModelCheckpoint and a ProgressBar.
+"""Callbacks: History, EarlyStopping, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau
+and a ProgressBar.
 
 `on_train_begin(info)` runs at the start of `fit`, before any training work; `info` holds
 epochs, samples, batch_size, initial_epoch, metrics and validation (whether validation data was
 given). Callbacks check there what they will need, so that a mistake (a `val_*` monitor without
 validation data, a checkpoint directory that does not exist) is reported before the first epoch
 instead of after it.
+
+The callbacks of one fit share each epoch's `logs` dict, in order: the user's callbacks, then
+History, then the ProgressBar, so what a callback adds to the logs (the learning-rate callbacks
+add "learning_rate", as Keras's do) is recorded and shown.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
@@ -20,10 +26,17 @@ import numpy as np
 
 from . import checkpoint, model_io
 from .errors import CheckpointError
-from .model_checks import check_flag, check_int
+from .model_checks import check_flag, check_int, check_verbose
+from .optim import ScaledSchedule
 
 
 class Callback:
+    """Base class of fit's callbacks: every hook is a no-op; override the ones you need.
+    `self.model` is the model being fitted (set when fit starts). Hooks, in order:
+    on_train_begin(info), then per epoch on_epoch_begin(epoch), on_batch_end(batch, state)
+    after each batch (state: seen, loss_sum, correct), on_epoch_end(epoch, logs), and
+    on_train_end()."""
+
     model = None
 
     def on_train_begin(self, info): ...
@@ -34,6 +47,9 @@ class Callback:
 
 
 class CallbackList:
+    """The callbacks of one fit, called in order: `cbs.on_epoch_end(epoch, logs)` calls each
+    callback's hook with the same arguments (one logs dict, shared)."""
+
     def __init__(self, callbacks, model):
         self.callbacks = []
         for cb in callbacks:
@@ -231,8 +247,180 @@ class ModelCheckpoint(Callback):
         self.saved.append(path)
 
 
+# -- learning-rate callbacks ------------------------------------------------------------------
+def _real(owner: str, arg: str, value, low: float, high: float | None = None,
+          open_ends: bool = False) -> float:
+    """`value` as a float: a real number (not a bool), finite, >= low (> low and < high with
+    `open_ends`); ValueError naming `owner` and `arg` otherwise."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = (v > low if open_ends else v >= low) and (high is None or v < high)
+    if not ok:
+        where = f"in ({low:g}, {high:g})" if high is not None else \
+            (f"> {low:g}" if open_ends else f">= {low:g}")
+        raise ValueError(f"{owner}: {arg} must be a finite number {where}, got {value!r}")
+    return float(value)
+
+
+def _agreed(optimizer, value):
+    """`value` as rank 0 has it under data parallelism (the optimizer's communicator, if it
+    has one of several ranks), so that every rank changes its rate alike; as is otherwise."""
+    comm = getattr(optimizer, "comm", None)
+    if comm is None or getattr(comm, "size", 1) <= 1 or not hasattr(comm, "bcast"):
+        return value
+    return comm.bcast(value, root=0)
+
+
+def _takes_lr(fn) -> bool:
+    """Whether `fn` takes (epoch, lr) rather than (epoch) alone."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: Keras's (epoch, lr)
+        return True
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in kinds]
+    if not positional:
+        raise ValueError("LearningRateScheduler: schedule must take (epoch, lr) or (epoch), "
+                         f"got a callable of signature {inspect.signature(fn)}")
+    return len(positional) >= 2
+
+
+class LearningRateScheduler(Callback):
+    """Keras's LearningRateScheduler: at the start of each epoch the optimizer's rate becomes
+    `schedule(epoch, lr)` (epoch 0-based, lr the current rate as a float; a function of the
+    epoch alone works too), set in place as `model.optimizer.lr`, so the epoch's first step
+    uses it on every backend. The value must be a finite number > 0 (ValueError naming the
+    epoch otherwise); `verbose=1` prints each change. Each epoch's rate is logged as
+    "learning_rate".
+
+    The optimizer must have a float rate: one with a schedule (`nnx.StepDecay`, ...) is refused
+    when fit starts, since a rate with two owners would follow neither. Under data parallelism
+    (a DistributedOptimizer) rank 0's value is used on every rank."""
+
+    def __init__(self, schedule, verbose=0):
+        if not callable(schedule):
+            raise ValueError(f"LearningRateScheduler: schedule must be a callable "
+                             f"(epoch, lr) -> lr, got {schedule!r}")
+        self.schedule = schedule
+        self._with_lr = _takes_lr(schedule)
+        self.verbose = check_verbose(verbose, "LearningRateScheduler")
+
+    def on_train_begin(self, info):
+        lr = self.model.optimizer.lr
+        if callable(lr):
+            raise ValueError(
+                f"LearningRateScheduler: the optimizer's rate is already a schedule ({lr!r}); "
+                "compile with a float lr for the callback to set, or drop the callback")
+
+    def on_epoch_begin(self, epoch):
+        opt = self.model.optimizer
+        lr = float(opt.lr)
+        new = self.schedule(epoch, lr) if self._with_lr else self.schedule(epoch)
+        new = _agreed(opt, new)
+        if not isinstance(new, numbers.Real) or isinstance(new, (bool, np.bool_)) \
+                or not math.isfinite(new) or new <= 0:
+            raise ValueError(f"LearningRateScheduler: schedule returned {new!r} for epoch "
+                             f"{epoch}; expected a finite number > 0")
+        opt.lr = float(new)
+        if self.verbose and self.model.is_chief:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to "
+                  f"{float(new)}.")
+
+    def on_epoch_end(self, epoch, logs):
+        logs["learning_rate"] = self.model.optimizer.current_lr()
+
+
+class ReduceLROnPlateau(Callback):
+    """Keras's ReduceLROnPlateau: when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs, multiply the optimizer's rate by `factor` (not below `min_lr`), then
+    wait `cooldown` epochs before counting again. The rate changes in place
+    (`model.optimizer.lr`) and the next step uses it. `mode`: "min", "max", or "auto" (max
+    for a monitor containing "acc", else min). Each epoch's rate (before a reduction) is
+    logged as "learning_rate".
+
+    An optimizer with a schedule keeps it: the schedule is wrapped in `nnx.optim.ScaledSchedule`
+    with the scale that brings its current value to max(current * factor, min_lr), so warm-up
+    and decay go on at the lower level; min_lr bounds the reductions made here, not the
+    schedule's own decay. Under data parallelism rank 0's monitored value decides on every rank.
+
+    factor in (0, 1), patience and cooldown ints >= 0, min_delta and min_lr finite >= 0; all
+    but the first three by keyword (Keras's positional order differs: `verbose` comes 4th)."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, *, min_delta=1e-4,
+                 min_lr=0.0, cooldown=0, mode="auto", verbose=0):
+        owner = "ReduceLROnPlateau"
+        self.mode = _mode(owner, monitor, mode)
+        self.monitor = monitor
+        self.factor = _real(owner, "factor", factor, 0.0, 1.0, open_ends=True)
+        self.patience = check_int("patience", patience, 0, owner)
+        self.min_delta = _real(owner, "min_delta", min_delta, 0.0)
+        self.min_lr = _real(owner, "min_lr", min_lr, 0.0)
+        self.cooldown = check_int("cooldown", cooldown, 0, owner)
+        self.verbose = check_verbose(verbose, owner)
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_train_begin(self, info):
+        _check_log_name("ReduceLROnPlateau", self.monitor, info)
+        self._reset()
+
+    def _improved(self, value) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        opt = self.model.optimizer
+        logs["learning_rate"] = opt.current_lr()
+        current = _agreed(opt, float(_log_value("ReduceLROnPlateau", self.monitor, logs)))
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = opt.current_lr()
+                if old > self.min_lr:
+                    new = max(old * self.factor, self.min_lr)
+                    opt.lr = ScaledSchedule(opt.lr, new / old) if callable(opt.lr) else new
+                    if self.verbose and self.model.is_chief:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                              f"to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+def _format_log(value) -> str:
+    """A log value for one line of text: ints as is, floats with 4 decimals (in scientific
+    notation when that would hide them: a learning rate of 1e-5), anything else by str()."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e6:
+            return f"{v:.4f}"
+        return f"{v:.4g}"
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=4, separator=" ", threshold=8)
+    return str(value)
+
+
 class ProgressBar(Callback):
-    """Per-epoch lines (loss, accuracy, time, samples/s); a live bar over batches on a TTY."""
+    """Per-epoch lines with every value the epoch's logs carry (loss, each metric, add_loss
+    terms, the val_* values, what other callbacks add such as learning_rate) in the logs'
+    order, then the epoch's time and samples/s; a live bar over batches on a TTY."""
 
     def __init__(self, verbose=1, stream=None):
         self.verbose, self.stream = verbose, stream or sys.stdout
@@ -261,11 +449,11 @@ class ProgressBar(Callback):
     def on_epoch_end(self, epoch, logs):
         parts = [f"epoch {epoch + 1}/{self.epochs}"]
         for k, v in logs.items():
-            if k == "time":
-                parts.append(f"time {v:.2f}s")
-            elif k == "samples_per_s":
-                parts.append(f"{v:,.0f} samples/s")
-            else:
-                parts.append(f"{k} {v:.4f}")
+            if k not in ("time", "samples_per_s"):
+                parts.append(f"{k} {_format_log(v)}")
+        if "time" in logs:
+            parts.append(f"time {logs['time']:.2f}s")
+        if "samples_per_s" in logs:
+            parts.append(f"{logs['samples_per_s']:,.0f} samples/s")
         self.stream.write(("\r" if self.live else "") + "  ".join(parts) + " " * 10 + "\n")
         self.stream.flush()

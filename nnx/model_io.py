@@ -6,8 +6,11 @@ validates everything that can be checked before memory is committed: the header'
 types, the architecture (rebuilt as layer objects, which allocate nothing, with bounded depth and
 count), and every weight array's name, shape and dtype against that architecture, with the
 total declared bytes bounded by the file's real array bytes. Only then are the parameters
-allocated and filled. Arrays must be real, finite numbers; running variances and Adam's second
-moments must also be >= 0 (a negative one gives NaN outputs or steps). User metadata
+allocated and filled. Arrays must be real, finite numbers; running variances and the optimizers'
+sums and means of squares (Adam's second moments, RMSprop's and Adadelta's running means,
+Adagrad's sums: `Optimizer.nonnegative_state`) must also be >= 0 (a negative one gives NaN
+outputs or steps), and the optimizer checks what must hold between its buffers
+(`Optimizer.check_state`). User metadata
 (`Model.save(path, metadata=...)`) is validated like on saving and comes back as
 `model.metadata`.
 """
@@ -184,9 +187,16 @@ def _load(reader, backend, classes):
         if sorted(h["optimizer_state"]) != sorted(opt.state):
             raise reader.error(f"has optimizer state {sorted(h['optimizer_state'])}; "
                                f"{type(opt).__name__} keeps {sorted(opt.state)}")
-        for k in h["optimizer_state"]:
-            arr = reader.array(f"opt/{k}", tuple(opt.state[k].shape),
-                               nonnegative=k in opt.nonnegative_state)
+        # every buffer finite, of its shape, >= 0 where it is a sum or mean of squares
+        # (opt.nonnegative_state); then what must hold between buffers (opt.check_state)
+        arrays = {k: reader.array(f"opt/{k}", tuple(opt.state[k].shape),
+                                  nonnegative=k in opt.nonnegative_state)
+                  for k in h["optimizer_state"]}
+        try:
+            opt.check_state(arrays)
+        except ValueError as exc:
+            raise reader.error(f"has invalid optimizer state ({exc})") from exc
+        for k, arr in arrays.items():
             opt.state[k][...] = model.ops.asarray(arr, dtype=opt.state[k].dtype)
     state = h.get("shuffle_state")
     if state is not None:

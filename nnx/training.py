@@ -104,6 +104,7 @@ class Trainer:
         x_dtype = input_dtype(model)  # int/bool inputs become the model's dtype per batch
         order_rng = self.shuffle_generator()
         for epoch in range(plan["initial_epoch"], plan["epochs"]):
+            model.optimizer.begin_epoch(epoch)
             cbs.on_epoch_begin(epoch)
             t0 = time.perf_counter()
             order = order_rng.permutation(n) if plan["shuffle"] else np.arange(n)
