@@ -22,6 +22,7 @@ from . import (
     preprocessing,
     profile,
     regularizers,
+    text,
 )
 from .backend import (
     available_backends,
@@ -46,6 +47,7 @@ from .errors import (
 from .hooks import StepHooks
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
+from .layers.sampling import Sampling as Sampling
 from .model import Model, Sequential, load
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, CosineDecay, RMSprop, StepDecay
 from .regularizers import L1, L1L2, L2
@@ -100,6 +102,7 @@ __all__ = [
     "profile",
     "regularizers",
     "register_backend",
+    "text",
     "set_backend",
     "use_backend",
 ]

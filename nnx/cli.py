@@ -27,6 +27,7 @@ COMMANDS = {
     "info": "versions, BLAS, available backends and GPU devices",
     "bench": "run the benchmark suites and compare backends",
     "profile": "per-layer and per-kernel time of a training run",
+    "generate": "sample text from a language model checkpoint (nnx train --model charlm --save)",
 }
 
 

@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 
+from . import generate as generation
 from . import losses as losses_mod
 from . import model_checks as checks
 from . import model_io
@@ -294,6 +295,15 @@ class Model:
         notify_model_use(self)
         with self.hooks.observing():
             return self.net.forward(self._to_device(x), training)
+
+    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, top_k=None,
+                 top_p=None, seed=None, *, use_cache: bool = True):
+        """Continue token ids `prompt` ((T,) or (N, T)) by `max_new_tokens` sampled tokens;
+        returns prompt + new ids. `top_k=1` is greedy; incremental decoding with per-layer
+        caches (see nnx.generate)."""
+        notify_model_use(self)
+        return generation.generate(self, prompt, max_new_tokens, temperature, top_k, top_p,
+                                   seed, use_cache=use_cache)
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list:

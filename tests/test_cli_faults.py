@@ -109,16 +109,21 @@ def test_invalid_values_are_refused_while_parsing(argv, needle, capsys, guarded)
 
 
 def test_models_of_other_data_are_refused_by_name(capsys, guarded, monkeypatch):
-    """A zoo model that does not read MNIST (a text model) was fed digits and failed late."""
+    """A zoo model that does not read MNIST was fed digits and failed late. `nnx train` trains
+    text models too (nnx/commands/train_text.py); `nnx profile` only MNIST ones."""
     import types
 
-    fake = types.SimpleNamespace(INPUT="text", LOSS="mse", TARGET="labels", build=_no_work)
-    monkeypatch.setattr(nnx.models, "names", lambda: ["mlp", "textmodel"])
+    text = types.SimpleNamespace(INPUT="text", LOSS="mse", TARGET="labels", build=_no_work)
+    audio = types.SimpleNamespace(INPUT="audio", LOSS="mse", TARGET="labels", build=_no_work)
+    fakes = {"textmodel": text, "audiomodel": audio}
+    monkeypatch.setattr(nnx.models, "names", lambda: ["mlp", "textmodel", "audiomodel"])
     real_get = nnx.models.get
-    monkeypatch.setattr(nnx.models, "get", lambda n: fake if n == "textmodel" else real_get(n))
+    monkeypatch.setattr(nnx.models, "get", lambda n: fakes.get(n) or real_get(n))
+    assert main(["profile", "--model", "textmodel"]) == 2
+    _one_line_error(capsys.readouterr().err, "--model", "'text'", "mlp")
     for cmd in ("train", "profile"):
-        assert main([cmd, "--model", "textmodel"]) == 2
-        _one_line_error(capsys.readouterr().err, "--model", "'text'", "mlp")
+        assert main([cmd, "--model", "audiomodel"]) == 2
+        _one_line_error(capsys.readouterr().err, "--model", "'audio'", "mlp")
 
 
 def test_unavailable_backend_is_refused(capsys, guarded):

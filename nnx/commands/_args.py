@@ -96,10 +96,7 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
 MNIST_INPUTS = ("image", "flat", "rows")  # the zoo INPUT kinds that `load_data` provides
 
 
-def model_name(text: str) -> str:
-    """Type: a model of the zoo (nnx/models/) that trains on MNIST (what `nnx train` and
-    `nnx profile` feed it); a model of other data (a text model) is refused by name, rather
-    than fed digits it cannot read."""
+def _zoo_model(text: str, kinds: tuple, what: str) -> str:
     from nnx import models
 
     names = models.names()
@@ -108,13 +105,26 @@ def model_name(text: str) -> str:
             f"unknown model {text!r}; expected one of: {', '.join(names)}"
         )
     kind = getattr(models.get(text), "INPUT", None)
-    if kind not in MNIST_INPUTS:
-        usable = [n for n in names if getattr(models.get(n), "INPUT", None) in MNIST_INPUTS]
+    if kind not in kinds:
+        usable = [n for n in names if getattr(models.get(n), "INPUT", None) in kinds]
         raise argparse.ArgumentTypeError(
-            f"model {text!r} reads {kind!r} data, not MNIST; this command trains the MNIST "
-            f"models: {', '.join(usable)}"
+            f"model {text!r} reads {kind!r} data, not {what}; this command trains: "
+            f"{', '.join(usable)}"
         )
     return text
+
+
+def zoo_model_name(text: str) -> str:
+    """Type: a zoo model `nnx train` can feed: MNIST models, and text models (INPUT "text"),
+    which it routes to nnx/commands/train_text.py."""
+    return _zoo_model(text, (*MNIST_INPUTS, "text"), "MNIST or text")
+
+
+def model_name(text: str) -> str:
+    """Type: a model of the zoo (nnx/models/) that trains on MNIST (what `nnx profile` feeds
+    it); a model of other data (a text model) is refused by name, rather than fed digits it
+    cannot read."""
+    return _zoo_model(text, MNIST_INPUTS, "MNIST")
 
 
 def backend_name(text: str) -> str:

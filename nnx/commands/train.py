@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
+from nnx.commands import train_text
 from nnx.commands._args import (
     DROPOUT,
     LEARNING_RATE,
@@ -21,8 +22,8 @@ from nnx.commands._args import (
     backend_name,
     file_destination,
     hidden_sizes,
-    model_name,
     model_options,
+    zoo_model_name,
 )
 
 
@@ -31,7 +32,7 @@ def add_parser(sub, help_text):
     p.add_argument(
         "--model",
         default="mlp",
-        type=model_name,
+        type=zoo_model_name,
         help="a model of nnx/models/: mlp (default), cnn, lstm, autoencoder, transformer",
     )
     p.add_argument(
@@ -79,6 +80,7 @@ def add_parser(sub, help_text):
         help="data-parallel over the ranks "
         "of mpiexec (mpiexec -n 4 nnx train --distributed); one process without it",
     )
+    train_text.add_arguments(p)
     p.set_defaults(command="train")
     return p
 
@@ -102,6 +104,9 @@ def run(args) -> int:
     from nnx import models
 
     zoo = models.get(args.model)
+    if train_text.is_text_model(zoo):
+        return train_text.run(args, zoo)
+    train_text.refuse_text_flags(args, args.model)
     options = model_options(zoo, args.model, args.hidden, args.dropout)
     if args.save:
         file_destination("--save", args.save)

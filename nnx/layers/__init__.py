@@ -24,6 +24,7 @@ from .max_pool1d import MaxPool1D
 from .positional import PositionalEmbedding
 from .recurrent import RecurrentLayer
 from .reshape import Reshape
+from .sampling import Sampling as Sampling
 from .sequence_pool import GlobalAveragePooling1D, SequencePool
 from .simple_rnn import SimpleRNN
 from .sync_batchnorm import SyncBatchNorm as SyncBatchNorm

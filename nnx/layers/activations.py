@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import unknown
 from ..kernels.reference import ACTIVATIONS
 from .base import Layer
+from .decode import PositionwiseDecode
 
 
 def check_activation(name, owner: str = "activation"):
@@ -14,7 +15,7 @@ def check_activation(name, owner: str = "activation"):
     return name
 
 
-class Activation(Layer):
+class Activation(PositionwiseDecode, Layer):
     """Applies an activation elementwise (softmax over the last axis)."""
 
     fixed: str | None = None  # set by the named subclasses (ReLU, ...)

@@ -19,6 +19,10 @@ them), with per-head tensors (N, heads, T, head_dim) in between: the input proje
 values as arrays, so earlier positions' could be prepended from a cache) and the output
 projection (`_output`: o -> y).
 
+Incremental decoding (`nnx.layers.decode`, causal only): `init_decode_state` preallocates a
+`KVCache` (N, heads, capacity, head_dim); `decode_step` projects only the new positions,
+appends their keys and values, and attends over the cache.
+
 (PositionalEmbedding, formerly here, is in `nnx.layers.positional`.)
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import Layer, ParamSpec
+from .decode import DecodeError, KVCache
 
 
 class MultiHeadSelfAttention(Layer):
@@ -123,6 +128,45 @@ class MultiHeadSelfAttention(Layer):
             return self._heads(do, n, t)
 
         return y, backprop
+
+    # -- incremental decoding (nnx.layers.decode): a key/value cache per call --------------
+    def init_decode_state(self, batch, capacity):
+        """An empty KVCache for `batch` sequences of up to `capacity` positions (causal only:
+        without the mask a position's output depends on later positions)."""
+        if not self.causal:
+            raise DecodeError(f"{self.describe()} is not causal (causal=False: every position "
+                              "attends to later ones), so it cannot decode one token at a time; "
+                              "build it with causal=True")
+        shape = (batch, self.num_heads, capacity, self.head_dim)
+        return KVCache(self.ops.zeros(shape), self.ops.zeros(shape), 0)
+
+    def decode_step(self, x, cache):
+        """x (N, t, D), the next t positions -> (y (N, t, D), the cache with them appended).
+        Their keys and values are written into the cache; each query attends to every cached
+        position up to its own, so y equals the causal `forward` of the whole sequence at
+        those positions, at a cost per token that does not grow with the projections."""
+        d = self.embed_dim
+        n, t = (x.shape[0], x.shape[1]) if x.ndim == 3 else (0, 0)
+        start, end = cache.length, cache.length + t
+        if x.ndim != 3 or x.shape[-1] != d or t < 1 or n != cache.k.shape[0] \
+                or end > cache.capacity:
+            raise ShapeError(f"MultiHeadSelfAttention {self.name!r}: expected a chunk of shape "
+                             f"({cache.k.shape[0]}, t, {d}) with {start} cached positions + t <= "
+                             f"capacity {cache.capacity}, got shape {tuple(x.shape)}")
+        (q, k, v), _ = self._project(x)
+        cache.k[:, :, start:end] = k
+        cache.v[:, :, start:end] = v
+        attend = self.ops.attention_forward
+        if start == 0 or t == 1:  # the mask is top-left aligned: right for these two cases
+            o, _ = attend(q, cache.k[:, :, :end], cache.v[:, :, :end], t > 1)
+        else:  # a chunk after cached positions: one query at a time
+            o = self.ops.empty((n, self.num_heads, t, self.head_dim), dtype=q.dtype)
+            for i in range(t):
+                stop = start + i + 1
+                o[:, :, i:i + 1] = attend(q[:, :, i:i + 1], cache.k[:, :, :stop],
+                                          cache.v[:, :, :stop], False)[0]
+        y, _ = self._output(o)
+        return y, KVCache(cache.k, cache.v, end)
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

@@ -18,6 +18,7 @@ compute no input gradient).
 from __future__ import annotations
 
 from ..errors import ShapeError
+from . import decode
 from .base import Layer, layer_from_dict, layer_to_dict
 from .container import Chain
 
@@ -59,6 +60,14 @@ class Residual(Layer):
 
         return x + y, backprop
 
+    def init_decode_state(self, batch, capacity):
+        """Incremental decoding: the block's state (see nnx.layers.decode)."""
+        return decode.init_state(self.block, batch, capacity)
+
+    def decode_step(self, x, state):
+        y, state = decode.step(self.block, x, state)
+        return x + y, state
+
     def output_shape(self, input_shape):
         return tuple(input_shape)
 
@@ -96,6 +105,26 @@ class Parallel(Layer):
         results = [b.begin_update(x, training) for b in self.branches]
         outs = [o for o, _ in results]
         backprops = [bp for _, bp in results]
+        y, widths = self._merge(outs)
+
+        def backprop(dy, need_dx=True):
+            dx = None
+            start = 0
+            for i, bp in enumerate(backprops):
+                if widths is None:
+                    dyi = dy
+                else:
+                    dyi = dy[..., start:start + widths[i]]
+                    start += widths[i]
+                dxi = bp(dyi, need_dx)
+                if need_dx and dxi is not None:
+                    dx = dxi if dx is None else dx + dxi
+            return dx
+
+        return y, backprop
+
+    def _merge(self, outs):
+        """The branches' outputs merged: (y, the concatenated widths or None for "add")."""
         first = tuple(outs[0].shape)
         if self.merge == "add":
             for b, o in zip(self.branches, outs, strict=True):
@@ -121,22 +150,19 @@ class Parallel(Layer):
             for o, w in zip(outs, widths, strict=True):
                 y[..., start:start + w] = o
                 start += w
+        return y, widths
 
-        def backprop(dy, need_dx=True):
-            dx = None
-            start = 0
-            for i, bp in enumerate(backprops):
-                if widths is None:
-                    dyi = dy
-                else:
-                    dyi = dy[..., start:start + widths[i]]
-                    start += widths[i]
-                dxi = bp(dyi, need_dx)
-                if need_dx and dxi is not None:
-                    dx = dxi if dx is None else dx + dxi
-            return dx
+    def init_decode_state(self, batch, capacity):
+        """Incremental decoding: a tuple of the branches' states (see nnx.layers.decode)."""
+        return tuple(decode.init_state(b, batch, capacity) for b in self.branches)
 
-        return y, backprop
+    def decode_step(self, x, states):
+        outs, new = [], []
+        for branch, state in zip(self.branches, states, strict=True):
+            y, state = decode.step(branch, x, state)
+            outs.append(y)
+            new.append(state)
+        return self._merge(outs)[0], tuple(new)
 
     def output_shape(self, input_shape):
         shapes = [tuple(b.output_shape(tuple(input_shape))) for b in self.branches]

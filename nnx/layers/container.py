@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import decode
 from .base import Layer, layer_from_dict, layer_to_dict
 
 
@@ -45,6 +46,17 @@ class Chain(Layer):
             return dy if stop == 0 else None
 
         return x, backprop
+
+    # -- incremental decoding (nnx.layers.decode): a tuple of the children's states --------
+    def init_decode_state(self, batch, capacity):
+        return tuple(decode.init_state(layer, batch, capacity) for layer in self.layers)
+
+    def decode_step(self, x, states):
+        new = []
+        for layer, state in zip(self.layers, states, strict=True):
+            x, state = decode.step(layer, x, state)
+            new.append(state)
+        return x, tuple(new)
 
     def output_shape(self, input_shape):
         for layer in self.layers:

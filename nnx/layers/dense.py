@@ -6,9 +6,10 @@ from .. import regularizers
 from ..initializers import get as get_initializer
 from .activations import check_activation
 from .base import Layer, ParamSpec
+from .decode import PositionwiseDecode
 
 
-class Dense(Layer):
+class Dense(PositionwiseDecode, Layer):
     """Fully connected layer with an optional fused activation.
 
     The activation is fused into the backend's dense kernel (bias and activation applied in one

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Layer
+from .decode import PositionwiseDecode
 
 
-class Dropout(Layer):
+class Dropout(PositionwiseDecode, Layer):
     def __init__(self, rate: float, name: str | None = None):
         super().__init__(name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import InputError
 from .base import Layer, ParamSpec
+from .decode import PositionwiseDecode
 
 
 def embedding_uniform(rng, shape, fan):
@@ -12,7 +13,7 @@ def embedding_uniform(rng, shape, fan):
     return rng.uniform(-0.05, 0.05, size=shape)
 
 
-class Embedding(Layer):
+class Embedding(PositionwiseDecode, Layer):
     """Embedding(num_embeddings, embedding_dim): y[..., :] = W[ids[...], :].
 
     Input: integer ids (floats holding whole numbers are accepted) in [0, num_embeddings);

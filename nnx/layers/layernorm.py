@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import Layer, ParamSpec
+from .decode import DecodeError, PositionwiseDecode
 
 
-class LayerNorm(Layer):
+class LayerNorm(PositionwiseDecode, Layer):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta, the statistics (biased variance) taken
     over the last len(normalized_shape) axes, as PyTorch's LayerNorm. `normalized_shape` is an
     int (the last axis) or a tuple.
@@ -59,6 +60,15 @@ class LayerNorm(Layer):
             return dx
 
         return y, backprop
+
+    def init_decode_state(self, batch, capacity):
+        """Position-wise (decodes token by token) only when it normalizes the last axis."""
+        if len(self.normalized_shape) != 1:
+            raise DecodeError(f"{self.describe()}: normalized_shape {self.normalized_shape} "
+                              "spans more than the feature axis, so a position's output depends "
+                              "on other positions; incremental decoding needs normalized_shape "
+                              "of one axis")
+        return None
 
     def get_config(self):
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,

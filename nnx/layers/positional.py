@@ -2,6 +2,8 @@
 
 PositionalEmbedding(max_len, dim): y[:, t] = x[:, t] + P[t], P (max_len, dim) learned
 (initialized N(0, 0.02^2)); a sequence longer than max_len raises ShapeError.
+Incremental decoding (`nnx.layers.decode`): its state is the next position, and max_len is the
+model's context (`decode_context`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ class PositionalEmbedding(Layer):
             return dy if need_dx else None
 
         return x + self.params["P"][:t], backprop
+
+    # -- incremental decoding (nnx.layers.decode): the state is the next position -----------
+    def decode_context(self) -> int:
+        """Positions this table can encode: the longest context a model using it sees."""
+        return self.max_len
+
+    def init_decode_state(self, batch, capacity):
+        return 0
+
+    def decode_step(self, x, pos):
+        """x (N, t, dim) at positions [pos, pos + t) -> (x + P[pos:pos + t], pos + t)."""
+        t = x.shape[1] if x.ndim == 3 else 0
+        if x.ndim != 3 or x.shape[-1] != self.dim or t < 1 or pos + t > self.max_len:
+            raise ShapeError(f"PositionalEmbedding {self.name!r}: expected a chunk of shape "
+                             f"(batch, t, {self.dim}) with position {pos} + t <= max_len "
+                             f"{self.max_len}, got shape {tuple(x.shape)}")
+        return x + self.params["P"][pos:pos + t], pos + t
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

@@ -36,6 +36,9 @@ flow into the returned final states (they are outputs for the next call, truncat
 `set_initial_state` or zeros, final states dropped, no initial-state gradients computed.
 Initial states are inputs, not parameters: they are not trained nor saved in checkpoints.
 
+Incremental decoding (`nnx.layers.decode`, return_sequences=True): the decoding state is the
+tuple of last states, carried from one `decode_step` to the next by the caller.
+
 A subclass implements `_scan(x, states) -> (hs, final_states, bptt)`: the forward over the
 whole sequence from `states` (a tuple of (N, H) backend arrays, or Nones for zeros) and the
 closure `bptt(dhs, dh_last, need_dx, need_dstates) -> (dx, dstates)` that writes the parameter
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from .base import Layer, ParamSpec, _accumulating
+from .decode import DecodeError
 
 
 class RecurrentLayer(Layer):
@@ -125,6 +129,23 @@ class RecurrentLayer(Layer):
             return dx, (self._state_grads(dstates, shapes) if need_dstates else None)
 
         return y, final_state, backprop
+
+    # -- incremental decoding (nnx.layers.decode): the state is the last states -------------
+    def init_decode_state(self, batch, capacity):
+        """The states to start from (`set_initial_state`'s, else zeros); needs
+        return_sequences=True (an output per position)."""
+        if not self.return_sequences:
+            raise DecodeError(f"{self.describe()} has return_sequences=False: it outputs only "
+                              "the last position, so it cannot feed per-position outputs; "
+                              "build it with return_sequences=True")
+        return self._initial_states(None, batch)[0]
+
+    def decode_step(self, x, states):
+        """x (N, t, input_size), the next positions -> (hs (N, t, H), their final states):
+        the scan continues from `states`, so the pieces equal the whole sequence."""
+        self._check_input(x)
+        hs, final_states, _ = self._scan(x, states)
+        return hs, final_states
 
     # -- initial states -------------------------------------------------------------------
     def set_initial_state(self, *states) -> None:

@@ -21,6 +21,7 @@ the same with each LayerNorm after its branch. Its config is the hyperparameters
 
 from __future__ import annotations
 
+from . import decode
 from .attention import MultiHeadSelfAttention
 from .base import Layer
 from .compose import Residual
@@ -65,6 +66,13 @@ class TransformerEncoderBlock(Layer):
 
     def call(self, x, training):
         return self.body.begin_update(x, training)
+
+    def init_decode_state(self, batch, capacity):
+        """Incremental decoding (causal blocks): the body's state (see nnx.layers.decode)."""
+        return decode.init_state(self.body, batch, capacity)
+
+    def decode_step(self, x, state):
+        return decode.step(self.body, x, state)
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

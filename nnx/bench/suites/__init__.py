@@ -19,14 +19,15 @@ in the order below, to a `SuiteRegistry` (`nnx.bench.default_registry()` is buil
     conv2d       conv.py         the Conv2D layer: forward, forward + backward
     lstm         recurrent.py    the LSTM layer: forward + backward
     mlp cnn mnist  models.py     training steps of zoo models, one MNIST epoch (helpers: zoo.py)
+    generate     generate.py     text generation tokens/s (char LSTM, causal Transformer)
 """
 
 from __future__ import annotations
 
 from ..registry import SuiteRegistry
-from . import activations, conv, dense, gemm, losses, models, optim, recurrent
+from . import activations, conv, dense, gemm, generate, losses, models, optim, recurrent
 
-MODULES = (gemm, dense, activations, losses, optim, conv, recurrent, models)
+MODULES = (gemm, dense, activations, losses, optim, conv, recurrent, models, generate)
 SUITES = tuple(fn for module in MODULES for fn in module.SUITES)
 
 __all__ = ["MODULES", "SUITES", "register_all"]
