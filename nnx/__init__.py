@@ -6,9 +6,11 @@ model.compile(nnx.Adam(1e-3), "softmax_cross_entropy", ["accuracy"])
 model.fit(x, y, epochs=5, batch_size=128)
 """
 
+# isort: off
+from . import compat  # noqa: F401  (first: thread settings before NumPy loads its BLAS)
+# isort: on
 from . import (
     callbacks,
-    compat,  # noqa: F401  (sets OMP_WAIT_POLICY before any parallel launch)
     datasets,
     distributed,
     hooks,

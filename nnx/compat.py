@@ -1,7 +1,13 @@
 """Optional imports live here and only here, so `import nnx` works on any machine.
 
-Everything else asks this module (`has_numba`, `has_cupy`, `has_cupy_gpu()`) instead of
-importing numba or cupy itself. CUDA probing is lazy: importing nnx never touches a GPU.
+Everything else asks this module (`has_numba`, `has_cupy`, `has_cupy_gpu()`,
+`has_matplotlib()`) instead of importing numba or cupy itself. CUDA probing is lazy: importing
+nnx never touches a GPU.
+
+Before Numba is imported, this module also settles the process's threads (`nnx.threads`): the
+OpenMP wait policy, per-process thread counts under an MPI launcher (`thread_plan`), and, when
+an OpenMP runtime such as PyTorch's was loaded before nnx, an OpenMP runtime of Numba's own
+(`openmp_state`), so that the import order does not change the speed of Numba's kernels.
 """
 
 from __future__ import annotations
@@ -9,6 +15,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+
+from . import threads
+
+# OpenMP runtimes already in the process before nnx set OMP_WAIT_POLICY (PyTorch's libgomp when
+# torch was imported first): they read their settings when they loaded. See nnx.threads.
+_OPENMP_BEFORE_NNX = threads.openmp_libraries()
 
 # Numba's OpenMP workers and OpenBLAS's workers spin against each other on small machines
 # (8-35x slower steps measured on 2 cores). A passive wait policy makes idle workers sleep.
@@ -19,6 +31,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 # that follow (Adam over 535k params: 282 -> 172 us with a short timeout). Read by OpenBLAS at
 # load time, so this only helps when nnx is imported before NumPy's BLAS is first loaded.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Threads per process: cores / local MPI ranks unless the user set them (nnx.threads). Before
+# Numba is imported: it reads NUMBA_NUM_THREADS once, at import.
+thread_plan = threads.configure()
 
 try:  # pragma: no cover - depends on the machine
     import numba
@@ -29,6 +44,11 @@ except Exception:  # ImportError, or a broken llvmlite
     numba = None
     has_numba = False
     numba_version = None
+
+# With an OpenMP runtime loaded before nnx, Numba's OpenMP layer would bind to it and spin
+# against OpenBLAS (2.3-3.2x slower steps with torch imported first): give it its own.
+openmp_state = (threads.isolate_numba_openmp(numba, _OPENMP_BEFORE_NNX) if has_numba
+                else {"state": "not needed", "detail": "Numba is not installed"})
 
 try:  # pragma: no cover - depends on the machine
     import cupy
@@ -44,6 +64,15 @@ except Exception:
 # torch costs seconds, and importing mpi4py.MPI initializes MPI.
 has_torch = importlib.util.find_spec("torch") is not None
 has_mpi4py = importlib.util.find_spec("mpi4py") is not None
+
+
+def has_matplotlib() -> bool:
+    """Whether matplotlib can be imported (for `nnx bench`'s plots); looked up, not imported.
+    A `sys.modules["matplotlib"] = None` entry (an import blocked on purpose) counts as absent."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @functools.lru_cache(maxsize=1)

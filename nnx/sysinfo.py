@@ -1,6 +1,7 @@
 """What nnx sees on this machine: versions, the BLAS NumPy links, the backends and why some are
-unavailable, thread settings, GPU devices. A library module: `nnx info` prints `collect()`, and
-the benchmark harness (`nnx.bench.machine.describe`) records it with every run."""
+unavailable, thread settings (the counts in force, who chose them, and the OpenMP runtime of
+Numba's kernels: `nnx.threads`), GPU devices. A library module: `nnx info` prints `collect()`,
+and the benchmark harness (`nnx.bench.machine.describe`) records it with every run."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import platform
 import sys
 
-from . import __version__, compat
+from . import __version__, compat, threads
 from .backend import available_backends, backend_module, backend_names
 
 
 def blas_info() -> dict:
-    """The BLAS NumPy links and its thread count (threadpoolctl-free: from numpy's config)."""
+    """The BLAS NumPy links and its thread count: the count in force (asked from the loaded
+    library, threadpoolctl-free) and where it comes from (the user's variable, nnx's plan, or
+    the library's default)."""
     import numpy as np
 
     info = {"name": "unknown", "threads": None}
@@ -23,13 +26,35 @@ def blas_info() -> dict:
         info["name"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception:
         pass
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var):
-            info["threads"] = f"{os.environ[var]} ({var})"
-            break
-    if info["threads"] is None:
-        info["threads"] = f"{os.cpu_count()} (default: one per CPU)"
+    now = threads.blas_threads()
+    source = threads.status().get("blas", {}).get("source")
+    if now is None:
+        now = next((f"{os.environ[v]}" for v in threads.BLAS_VARS if os.environ.get(v)),
+                   f"{os.cpu_count()}")
+    info["threads"] = f"{now} ({source})" if source else f"{now}"
     return info
+
+
+def thread_info() -> dict:
+    """The thread plan of this process, one line per item (see `nnx.threads`)."""
+    st = threads.status()
+    if "error" in st and "numba" not in st:
+        return {"error": st["error"]}
+    now, omp = st.get("now", {}), st.get("openmp", {})
+    out = {"cores": f"{st['cores']} ({st['cores_source']})",
+           "local_ranks": f"{st['local_ranks'] or 'unknown'} ({st['ranks_source']})"}
+    for lib in ("numba", "blas"):
+        n = now.get(lib) if now.get(lib) is not None else st[lib]["threads"]
+        out[lib] = f"{n if n is not None else '?'} ({st[lib]['source']})"
+    if st.get("applied"):
+        out["applied"] = "; ".join(f"{k}: {v}" for k, v in st["applied"].items())
+    if st.get("oversubscribed"):
+        out["warning"] = "more local ranks than cores: the host is oversubscribed"
+    out["numba_openmp"] = f"{omp.get('state', '?')}" + (f" ({omp['detail']})"
+                                                         if omp.get("detail") else "")
+    if omp.get("foreign"):
+        out["openmp_loaded_before_nnx"] = ", ".join(omp["foreign"])
+    return out
 
 
 def collect() -> dict:
@@ -45,6 +70,7 @@ def collect() -> dict:
         "numba": compat.numba_version or "not installed",
         "cupy": compat.cupy_version or "not installed",
         "blas": blas_info(),
+        "threads": thread_info(),
         "available_backends": available_backends(),
         "unavailable": {n: backend_module(n).unavailable_reason()
                         for n in backend_names() if n not in available_backends()},

@@ -4,11 +4,15 @@
     .venv/bin/python tools/measure_numba.py --compile      # also cold / cached compile times
     .venv/bin/python tools/measure_numba.py --quick        # fewer rounds (a smoke run)
 
-fp32 throughout. Contenders are interleaved in many short rounds inside one process (rotating
-the order each round) and the median per-round time is reported: on a small shared VM the host
-moves vCPUs and neighbours come and go, so back-to-back blocks of A then B would mostly measure
-the weather. The CPU time other processes used during the run is printed too, to tell a quiet
-measurement from a noisy one.
+fp32 throughout. nnx's contenders are interleaved in many short rounds inside one process
+(rotating the order each round) and the median per-round time is reported: on a small shared VM
+the host moves vCPUs and neighbours come and go, so back-to-back blocks of A then B would mostly
+measure the weather. PyTorch never runs in nnx's process: which runtime a process loaded first
+changes its thread pools (torch's OpenMP runtime, loaded before nnx, once made the numba step
+2.3-3.2x slower, and a same-process comparison hid it), so the PyTorch comparison runs every
+contender in a process of its own, in alternating slices, and reports medians of per-round
+ratios (tools/measure_procs.py). The CPU time other processes used during the run is printed
+too, to tell a quiet measurement from a noisy one.
 
 What is measured
 1. GEMM peak: np.matmul float32 at 2048^3 (best and median of a few).
@@ -16,11 +20,13 @@ What is measured
    NumbaOps.dense_forward(..., "relu") (GEMM + fused bias/ReLU) vs the reference.
 3. MLP 784-512-256-10 train step (ReLU, softmax CE, Adam, batch 128) written directly with the
    ops over a flat parameter buffer: numpy Ops, NumbaOps (as shipped, all-serial and
-   all-parallel kernel drivers), the same step's 8 GEMMs alone (the floor), and PyTorch eager
-   (same thread count; default and fused Adam). samples/s and fraction of the GEMM peak.
+   all-parallel kernel drivers) and the same step's 8 GEMMs alone (the floor). samples/s and
+   fraction of the GEMM peak.
 4. Serial vs parallel kernel drivers across sizes (the PAR_MIN_ELEMS crossover).
 5. The same 1-3 in a child process with NUMBA_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1.
-6. (--compile) warmup() seconds in a fresh process with an empty NUMBA_CACHE_DIR (cold) and
+6. nnx (numba, numpy: model.train_step) vs PyTorch eager (fused and default Adam) on the same
+   step, 2 and 1 threads, each in its own process, alternating: medians of per-round ratios.
+7. (--compile) warmup() seconds in a fresh process with an empty NUMBA_CACHE_DIR (cold) and
    again in a second process with that cache (cached).
 """
 
@@ -29,8 +35,9 @@ from __future__ import annotations
 # isort: off
 import os
 
-# The user's own OpenMP wait policy, before `import nnx` sets passive (for the torch-alone run).
+# The user's own settings, before `import nnx` sets them (the PyTorch children get these).
 _USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+_USER_OPENBLAS_THREAD_TIMEOUT = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
 
 import nnx  # noqa: E402, F401  (sets OMP_WAIT_POLICY=passive before any pool starts)
 
@@ -241,34 +248,6 @@ def make_gemm_floor():
     return step
 
 
-def make_torch_step(fused: bool, threads: int):
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    nn = torch.nn
-    model = nn.Sequential(
-        nn.Linear(SIZES[0], SIZES[1]),
-        nn.ReLU(),
-        nn.Linear(SIZES[1], SIZES[2]),
-        nn.ReLU(),
-        nn.Linear(SIZES[2], SIZES[3]),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-    x, y = _data()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    ce = torch.nn.functional.cross_entropy
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ce(model(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
 class _Serial(NumbaOps):
     @staticmethod
     def _chunks(work):
@@ -281,8 +260,7 @@ class _Parallel(NumbaOps):
         return numba.get_num_threads()
 
 
-def train_step_bench(rounds, reps, with_torch: bool):
-    threads = numba.get_num_threads()
+def train_step_bench(rounds, reps):
     fns = {
         "numpy": make_ops_step(Ops(seed=0)),
         "numba": make_ops_step(NumbaOps(seed=0)),
@@ -290,9 +268,6 @@ def train_step_bench(rounds, reps, with_torch: bool):
         "numba_all_parallel": make_ops_step(_Parallel(seed=0)),
         "gemm_floor": make_gemm_floor(),
     }
-    if with_torch:
-        fns["torch"] = make_torch_step(False, threads)
-        fns["torch_fused_adam"] = make_torch_step(True, threads)
     res = interleave(fns, rounds, reps)
     for r in res.values():
         r["samples_per_s"] = BATCH / r["median"]
@@ -330,30 +305,27 @@ def crossover_bench(rounds, reps):
 
 
 # -- runs -----------------------------------------------------------------------------------
-def torch_alone(args) -> dict:
-    """PyTorch by itself (the --torch-alone child): no OpenBLAS pool of NumPy's spinning next
-    to it, and OpenMP's wait policy as the user had it (torch's default is active)."""
-    # `import nnx` set passive for this process; torch's libgomp reads it when torch loads.
-    if _USER_OMP_WAIT_POLICY is None:
-        os.environ.pop("OMP_WAIT_POLICY", None)
-    else:
-        os.environ["OMP_WAIT_POLICY"] = _USER_OMP_WAIT_POLICY
-    rounds, reps = (6, 3) if args.quick else (args.rounds, args.steps)
-    threads = int(os.environ.get("NNX_MEASURE_THREADS", "2"))
-    fns = {
-        "torch": make_torch_step(False, threads),
-        "torch_fused_adam": make_torch_step(True, threads),
-    }
-    with CpuWatch() as w:
-        res = interleave(fns, rounds, reps)
-    for r in res.values():
-        r["samples_per_s"] = BATCH / r["median"]
-    return {
-        "train_step": res,
-        "cpu": {"busy": w.busy, "own": w.own, "others": w.others},
-        "threads": threads,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-    }
+def torch_rounds(args) -> dict:
+    """nnx vs PyTorch, each contender in a process of its own, alternating slices, at 2 and 1
+    threads (tools/measure_procs.py); the children get the user's environment, without what
+    `import nnx` set in this process (torch must load with its own OpenMP defaults)."""
+    import measure_procs
+
+    base = dict(os.environ)
+    for var, user in (("OMP_WAIT_POLICY", _USER_OMP_WAIT_POLICY),
+                      ("OPENBLAS_THREAD_TIMEOUT", _USER_OPENBLAS_THREAD_TIMEOUT)):
+        if user is None:
+            base.pop(var, None)
+        else:
+            base[var] = user
+    rounds = 6 if args.quick else args.rounds
+    out = {}
+    for threads in (2, 1):
+        res = measure_procs.run_rounds(measure_procs.SUITES["torch"], threads, rounds,
+                                       0.1 if args.quick else 0.3, base_env=base, log=None)
+        out[f"{threads}_threads"] = res
+        print(measure_procs.format_summary(res, "MLP train step, nnx vs PyTorch"), flush=True)
+    return out
 
 
 def measure(args) -> dict:
@@ -369,7 +341,7 @@ def measure(args) -> dict:
             },
             "gemm_peak": gemm_peak(),
             "dense_forward": dense_forward_bench(rounds * 2, reps * 5),
-            "train_step": train_step_bench(rounds, reps, _has_torch() and not args.no_torch),
+            "train_step": train_step_bench(rounds, reps),
         }
         # The peak is the best of a few tries: measured again at the end, keep the faster.
         again = gemm_peak()
@@ -390,12 +362,10 @@ def _threading_layer():
 
 
 def _has_torch():
-    try:
-        import torch  # noqa: F401
+    """Looked up, not imported: torch never loads into the process that measures nnx."""
+    import importlib.util
 
-        return True
-    except Exception:
-        return False
+    return importlib.util.find_spec("torch") is not None
 
 
 def child_run(args, env_extra: dict, flag: str = "--child") -> dict:
@@ -411,7 +381,6 @@ def child_run(args, env_extra: dict, flag: str = "--child") -> dict:
         str(args.steps),
     ]
     cmd += ["--quick"] if args.quick else []
-    cmd += ["--no-torch"] if args.no_torch else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -492,12 +461,6 @@ def report(title, r):
             continue
         nb = _sps(t["numba"], key)
         line = f"  [{label:6s}] numba/numpy = {nb / _sps(t['numpy'], key):.2f}x (target 1.5)"
-        if "torch" in t:
-            bt = max(_sps(t["torch"], key), _sps(t["torch_fused_adam"], key))
-            line += (
-                f"; numba/torch = {nb / _sps(t['torch'], key):.2f}x, /best torch "
-                f"= {nb / bt:.2f}x (target 1.3)"
-            )
         line += f"; numba step / GEMM floor = {t['numba'][key] / t['gemm_floor'][key]:.2f}"
         print(line)
     if "crossover_us" in r:
@@ -542,14 +505,10 @@ def main(argv=None):
         help="first wait up to S seconds for the box to be quiet",
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--torch-alone", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
         print(json.dumps(measure(args)))
-        return
-    if args.torch_alone:
-        print(json.dumps(torch_alone(args)))
         return
     if args.wait_quiet:
         print(f"waited {wait_quiet(args.wait_quiet):.0f} s for a quiet box")
@@ -565,35 +524,8 @@ def main(argv=None):
         results["one_thread"] = child_run(args, one)
         report("1 thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)", results["one_thread"])
     if _has_torch() and not args.no_torch:
-        print(
-            "\n=== PyTorch alone (own process, no NumPy/OpenBLAS pool beside it, OpenMP wait "
-            f"policy as given: {_USER_OMP_WAIT_POLICY or 'unset (torch default)'})"
-        )
-        for threads in (2, 1):
-            env = {"OMP_WAIT_POLICY": _USER_OMP_WAIT_POLICY, "NNX_MEASURE_THREADS": str(threads)}
-            if threads == 1:
-                env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-            r = results[f"torch_alone_{threads}"] = child_run(args, env, "--torch-alone")
-            t = r["train_step"]
-            print(
-                f"  {threads} thread(s): torch {t['torch']['samples_per_s']:7.0f} samples/s, "
-                f"fused Adam {t['torch_fused_adam']['samples_per_s']:7.0f} "
-                f"(medians; best rounds {BATCH / t['torch']['best']:.0f} / "
-                f"{BATCH / t['torch_fused_adam']['best']:.0f}; other processes "
-                f"{r['cpu']['others']:.0%})"
-            )
-            ref = (
-                results["default" if threads == 2 else "one_thread"]
-                if (threads == 2 or "one_thread" in results)
-                else None
-            )
-            if ref:
-                nb = ref["train_step"]["numba"]["samples_per_s"]
-                best = max(t["torch"]["samples_per_s"], t["torch_fused_adam"]["samples_per_s"])
-                print(
-                    f"    numba ({threads} thr, median) / this torch: "
-                    f"{nb / t['torch']['samples_per_s']:.2f}x, / fused: {nb / best:.2f}x"
-                )
+        print("\n=== nnx vs PyTorch: own processes, alternating slices, per-round ratios")
+        results["torch"] = torch_rounds(args)
     if args.compile:
         results["compile"] = ct = compile_times()
         print(

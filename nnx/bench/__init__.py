@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import time
 
+from nnx import threads as thread_plan
 from nnx.backend import backend_module
 
 from . import machine
@@ -90,6 +91,7 @@ def run(suites=None, backends=None, quick: bool = False, repeats: int | None = N
     desc = machine.describe()
     if log:
         log(f"machine: {machine.one_line(desc)}")
+        log(thread_plan.summary())  # the counts in force after set_threads, and who chose them
         warn = machine.busy_warning()
         if warn:
             log(f"WARNING: {warn}")

@@ -5,6 +5,10 @@
   the size where the cases have one (square GEMMs), else as grouped bars per case; error bars
   are the interquartile range;
 - the crossover heat maps (see `crossover.py`).
+
+matplotlib is optional (the `bench` extra): `available()` says whether it can be imported, and
+`nnx bench` checks it before running any suite, so a plain install writes the JSON and tables
+and says in one line how to get the plots (`MISSING`) instead of failing after the benchmarks.
 """
 
 from __future__ import annotations
@@ -13,11 +17,26 @@ import os
 import textwrap
 from collections import OrderedDict
 
+from nnx import compat
+
+INSTALL_HINT = "pip install nnx-framework[bench]"
+MISSING = f"matplotlib is not installed: no PNG plots (JSON and tables only); {INSTALL_HINT}"
+
 COLORS = {"numpy": "#4c72b0", "numba": "#dd8452", "cupy": "#55a868", "torch": "#8c8c8c",
           "torch-cuda": "#c44e52"}
 
 
+def available() -> bool:
+    """Whether matplotlib can be imported here (looked up, not imported)."""
+    return compat.has_matplotlib()
+
+
 def _plt():
+    """matplotlib.pyplot on the Agg backend; ModuleNotFoundError naming the extra to install
+    when matplotlib is missing."""
+    if not available():
+        raise ModuleNotFoundError(f"plots need matplotlib, which is not installed: "
+                                  f"{INSTALL_HINT}", name="matplotlib")
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -119,19 +119,23 @@ def run(args) -> int:
         raise UsageError("argument --no-torch: conflicts with --backends "
                          f"{' '.join(args.backends)} (which names a torch target)")
     dir_destination("--out", args.out)  # before any work: the results must have a place
+    plots = not args.no_plots
+    if plots and not plots_mod.available():  # before any suite runs, not after all of them
+        print(f"nnx bench: {plots_mod.MISSING}")
+        plots = False
     if args.merge:
         try:
             res = report.merge_runs(args.merge)
         except (OSError, ValueError) as exc:
             raise UsageError(f"argument --merge: {exc}") from exc
-        return write_outputs(res, args.out, plots=not args.no_plots)
+        return write_outputs(res, args.out, plots=plots)
     # an error while benchmarking reaches nnx.cli: one line `nnx: error: ...`, exit code 1
     res = bench.run(suites=args.suite, backends=args.backends, quick=args.quick,
                     repeats=args.repeats, torch=not args.no_torch, threads=args.threads,
                     crossover=args.crossover, wait_quiet=args.wait_quiet,
                     busy_threshold=args.busy_threshold, max_wait=args.max_wait,
                     argv=_argv(args))
-    return write_outputs(res, args.out, plots=not args.no_plots)
+    return write_outputs(res, args.out, plots=plots)
 
 
 def _argv(args) -> list[str]:
@@ -169,7 +173,9 @@ def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
         with open(os.path.join(out, name), "w") as f:
             f.write(body + "\n")
         paths.append(os.path.join(out, name))
-    if plots:
+    if plots and not plots_mod.available():
+        log(f"nnx bench: {plots_mod.MISSING}")
+    elif plots:
         sub = machine.one_line(res["machine"])
         if res["results"]:
             paths += plots_mod.plot_results(res["results"], res["peaks"], targets, out, sub)
