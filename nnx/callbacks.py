@@ -34,7 +34,7 @@ class Callback:
     """Base class of fit's callbacks: every hook is a no-op; override the ones you need.
     `self.model` is the model being fitted (set when fit starts). Hooks, in order:
     on_train_begin(info), then per epoch on_epoch_begin(epoch), on_batch_end(batch, state)
-    after each batch (state: seen, loss_sum, correct), on_epoch_end(epoch, logs), and
+    after each batch (state: seen, loss_sum, weight_sum), on_epoch_end(epoch, logs), and
     on_train_end()."""
 
     model = None
@@ -104,9 +104,12 @@ def _check_log_name(owner: str, name: str, info: dict) -> None:
         raise ValueError(f"{owner}: {name!r} needs validation data, and fit was given none: pass "
                          f"validation_data=(x_val, y_val), or use {name[4:]!r}")
     base = name[4:] if name.startswith("val_") else name
-    if base == "accuracy" and "accuracy" not in info.get("metrics", ("accuracy",)):
-        raise ValueError(f"{owner}: {name!r} needs the 'accuracy' metric; compile with "
-                         "metrics=['accuracy']")
+    metrics = tuple(info.get("metrics", ("accuracy",)))
+    known = {"accuracy", "acc", "top_k_accuracy", "precision", "recall", "f1", "mae", "mse",
+             "rmse"}
+    if base in known and base not in metrics and base != "loss":
+        raise ValueError(f"{owner}: {name!r} needs the {base!r} metric; compile with "
+                         f"metrics=[{base!r}] (compiled: {list(metrics)})")
 
 
 def _log_value(owner: str, name: str, logs: dict) -> float:
@@ -437,6 +440,12 @@ class ProgressBar(Callback):
         if not self.live or now - self.last < 0.2:
             return
         self.last = now
+        if not self.total:  # a batch source of unknown length: no bar
+            rate = state["seen"] / max(now - self.t0, 1e-9)
+            self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} {state['seen']} "
+                              f"samples  {rate:,.0f} samples/s")
+            self.stream.flush()
+            return
         done = state["seen"] / max(self.total, 1)
         bar = "=" * int(done * 30)
         rate = state["seen"] / max(now - self.t0, 1e-9)

@@ -19,7 +19,8 @@ One step of `fit` (Keras callbacks and Chainer's updater/extension split are the
       before_update(model, grads)                after backward and regularizers: allreduce
       after_update(model)
       end_step(model)                            always, also when the step raised
-    end_epoch(model, sums) -> sums               reduce per-process running sums; buffer sync
+    end_epoch(model, sums) -> sums               reduce per-process running sums ([loss_sum,
+                                                 weight_sum, seen, *add_loss terms]); buffers
     end_fit(model)
 
 `is_chief` (all hooks must agree) decides who prints progress and writes checkpoints.

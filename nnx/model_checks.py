@@ -44,6 +44,7 @@ def check_int(arg: str, value, low: int = 0, owner: str = "") -> int:
 
 
 def check_batch_size(batch_size, owner: str = "") -> int:
+    """`batch_size` as a positive int (see check_int); ValueError naming `owner` otherwise."""
     return check_int("batch_size", batch_size, 1, owner)
 
 
@@ -58,6 +59,7 @@ def check_seed(seed, owner: str):
 
 
 def check_flag(arg: str, value, owner: str = "") -> bool:
+    """`value` as a bool (Python or NumPy bools only: 1 or "yes" are refused)."""
     if not isinstance(value, (bool, np.bool_)):
         where = f"{owner}: " if owner else ""
         raise ValueError(f"{where}{arg} must be True or False, got {value!r}")
@@ -147,13 +149,14 @@ def check_targets(model, x, y, arg: str):
 
 
 def check_validation_data(validation_data):
-    """(x_val, y_val) from a tuple or list of two."""
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    """(x_val, y_val, sample_weight_val or None) from a tuple or list of two or three."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         got = (f"a {type(validation_data).__name__} of {len(validation_data)} item(s)"
                if isinstance(validation_data, (tuple, list))
                else f"a {type(validation_data).__name__}")
-        raise ValueError(f"validation_data must be a tuple (x_val, y_val), got {got}")
-    return validation_data
+        raise ValueError(f"validation_data must be a tuple (x_val, y_val), got {got} (also "
+                         "accepted: (x_val, y_val, sample_weight_val), an iterable of batches)")
+    return (*validation_data, None)[:3]
 
 
 def check_weights(model, weights) -> list:
@@ -202,3 +205,92 @@ def _checked_array(model, what: str, value, shape: tuple, dtype) -> np.ndarray:
         raise InputError(f"{what} contains a value that is not finite in {np.dtype(dtype)}: "
                          f"{arr[idx].item()!r} at index {idx}")
     return cast
+
+
+def check_sample_weight(model, w, n: int, output_shape: tuple, arg: str = "sample_weight"):
+    """`w` as a float64 host array of shape (N,) (one weight per sample) or (N, T) (one per
+    position of a per-position output, e.g. a padding mask): finite and >= 0. Raises
+    InputError / ShapeError naming `arg`."""
+    w = _as_host_array(w, arg, model.ops)
+    if w.dtype.kind not in "fiub":
+        raise InputError(f"{arg}: expected numbers, got dtype {w.dtype}")
+    positions = model.loss.positions((n, *output_shape))
+    allowed = [tuple(positions[:1])] + ([tuple(positions[:2])] if len(positions) >= 2 else [])
+    if w.shape not in allowed:
+        raise ShapeError(f"{arg}: expected shape {' or '.join(map(str, allowed))} (a weight per "
+                         f"sample{', or per position' if len(allowed) > 1 else ''}), got "
+                         f"{w.shape}")
+    w = w.astype(np.float64, copy=False)
+    if w.size and not np.isfinite(w).all():
+        raise InputError(f"{arg} contains NaN or inf (first at index "
+                         f"{_first_index(~np.isfinite(w))})")
+    if w.size and w.min() < 0:
+        idx = _first_index(w < 0)
+        raise InputError(f"{arg}: weights must be >= 0, got {w[idx].item()!r} at index {idx}")
+    return w
+
+
+def class_weights(model, y, class_weight, output_shape: tuple, arg: str = "class_weight"):
+    """Per-sample (or per-position) weights from `class_weight` {class: weight} and checked
+    targets `y`, as Keras: the class of a target is its label, the argmax of a one-hot row, or
+    the rounded value of a single binary column; classes missing from the dict weigh 1.
+    Needs a classification loss; raises ValueError / InputError naming `arg`."""
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise ValueError(f"{arg} must be a non-empty dict {{class: weight}}, got "
+                         f"{type(class_weight).__name__}")
+    if not model.loss.has_accuracy:
+        raise ValueError(f"{arg} needs a classification loss, not {model.loss.name}")
+    table = {}
+    for k, v in class_weight.items():
+        if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)) or k < 0:
+            raise ValueError(f"{arg}: classes must be ints >= 0, got {k!r}")
+        if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)) \
+                or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{arg}: the weight of class {k} must be a finite number >= 0, "
+                             f"got {v!r}")
+        table[int(k)] = float(v)
+    y = np.asarray(y)
+    n = len(y)
+    full = (n, *output_shape)
+    if y.shape == full and output_shape and output_shape[-1] > 1:
+        labels = y.argmax(axis=-1)  # one-hot / probabilities (or multi-label: Keras's rule)
+    elif y.shape == full and output_shape and output_shape[-1] == 1:
+        labels = np.rint(y[..., 0])
+    else:
+        labels = np.rint(y) if y.dtype.kind == "f" else y
+    labels = labels.astype(np.int64)
+    if labels.ndim > 2:
+        raise ShapeError(f"{arg}: class weights give one weight per sample or per position "
+                         f"(N,) or (N, T); these targets have classes of shape {labels.shape}")
+    lut = np.ones(max(max(table), int(labels.max(initial=0))) + 1)
+    for k, v in table.items():
+        lut[k] = v
+    return lut[np.clip(labels, 0, None)]
+
+
+def check_validation_split(validation_split, n: int) -> int:
+    """The number of training samples that `validation_split` (a float in (0, 1): the last
+    fraction of the data, before shuffling, as Keras) leaves; both parts must be non-empty."""
+    if not isinstance(validation_split, numbers.Real) or isinstance(validation_split, bool) \
+            or not 0 < validation_split < 1:
+        raise ValueError(f"fit: validation_split must be a number in (0, 1), got "
+                         f"{validation_split!r}")
+    split_at = int(n * (1.0 - float(validation_split)))
+    if split_at < 1 or split_at >= n:
+        raise ValueError(f"fit: validation_split={validation_split} of {n} samples leaves "
+                         f"{split_at} for training and {n - split_at} for validation; both "
+                         "need at least one")
+    return split_at
+
+
+def check_input_shape(input_shape, owner: str) -> tuple:
+    """One sample's shape (without the batch axis) as a tuple of positive ints; ValueError
+    naming `owner` otherwise (a bare int means (int,))."""
+    if isinstance(input_shape, numbers.Integral) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) and d >= 1
+            for d in input_shape):
+        raise ValueError(f"{owner} must be a tuple of positive ints (one sample's shape, "
+                         f"without the batch axis), got {input_shape!r}")
+    return tuple(int(d) for d in input_shape)

@@ -16,6 +16,7 @@ import weakref
 import numpy as np
 
 from . import initializers
+from .layers.base import NotBuiltError
 
 ALIGN = 16  # elements: each parameter starts on a 64-byte boundary (float32) for SIMD loads
 
@@ -62,6 +63,12 @@ class ParameterStore:
     garbage-collected can be built into a new one."""
 
     def __init__(self, root, ops, seed: int | None = 0, owner=None):
+        missing = root.missing_sizes()
+        if missing:
+            raise NotBuiltError(
+                f"{root.describe()} cannot be built yet: {', '.join(missing)} is None and not "
+                "inferred; infer the sizes from an input shape first (root.infer(input_shape), "
+                "or build a model with input_shape=)")
         owner = self if owner is None else owner
         unique, uses = claim(root, owner)
         self.ops = ops
@@ -98,9 +105,12 @@ class ParameterStore:
         self.initialize(seed)
 
     def describe(self) -> str:
+        """How error messages name a store that owns layers without a model."""
         return f"the standalone build of {self.root.describe()}"
 
     def initialize(self, seed: int | None) -> None:
+        """Draw every parameter from its initializer with a generator seeded by `seed`, in store
+        order, on the host (the same values on every backend)."""
         rng = np.random.default_rng(seed)
         for layer, spec, _off, _size in self.entries:
             layer.params[spec.name][...] = self.ops.asarray(initializers.initialize(spec, rng))

@@ -16,7 +16,8 @@ never replaces a method of the model, its layers or its optimizer. Its work, per
                    start the buckets at the points of the backward order the others do
     after_leaf_backward   overlap=True only: start a bucket's allreduce once its layers are done
     before_update  the weighted allreduce of the flat gradients (or wait for the buckets)
-    end_epoch      reduce [loss_sum, correct, seen]; average float buffers; CRC resync
+    end_epoch      reduce [loss_sum, weight_sum, seen, *add_loss sums] and the metrics' sums;
+                   average float buffers; CRC resync
     is_chief       rank 0 prints and writes checkpoints
 
 `DistributedOptimizer(optimizer, comm, **options)` wraps any optimizer the way ChainerMN's
@@ -281,13 +282,19 @@ class DataParallel(StepHooks):
 
     # -- epoch end ------------------------------------------------------------------------------
     def end_epoch(self, model, sums: list) -> list:
-        """The epoch's [loss_sum, correct, seen] summed over ranks; float buffers (batch-norm
-        running statistics) averaged; parameters re-broadcast if they drifted."""
+        """The epoch's [loss_sum, weight_sum, seen, *add_loss term sums] summed over ranks,
+        and the state arrays of the epoch's metrics (`model.trainer.epoch_metrics`: sums on
+        the backend, one allreduce for all of them) summed in place, so that each metric's
+        `result()` is over the global data; float buffers (batch-norm running statistics)
+        averaged; parameters re-broadcast if they drifted."""
         comm = self.comm
         if comm.size == 1:
             return sums
         arr = np.array([float(v) for v in sums], dtype=np.float64)
         comm.allreduce(arr, inplace=True)
+        states = [a for m in getattr(model.trainer, "epoch_metrics", ()) for a in m.state_arrays()]
+        if states:
+            comm.allreduce(states, "sum", inplace=True)
         buffers = [v for layer in model.layers for _k, v in sorted(layer.buffers.items())
                    if v.dtype.kind == "f"]
         if buffers:

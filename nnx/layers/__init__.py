@@ -1,6 +1,16 @@
 """nnx layers: one layer per file; each calls the backend's ops and nothing else."""
 
-from .activations import GELU, Activation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import (
+    GELU,
+    Activation,
+    Identity,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from .attention import MultiHeadSelfAttention
 from .avg_pool import AvgPool2D
 from .avg_pool1d import AvgPool1D
@@ -38,6 +48,6 @@ __all__ = [
     "PositionalEmbedding", "RecurrentLayer", "Residual", "SequencePool", "SimpleRNN",
     "TransformerEncoderBlock",
     "Activation", "Chain", "Dense", "Dropout", "Flatten", "GELU", "Identity", "LAYER_CLASSES",
-    "Layer", "LeakyReLU", "ParamSpec", "ReLU", "Sigmoid", "Softmax", "Tanh", "layer_from_dict",
-    "layer_to_dict",
+    "Layer", "LeakyReLU", "LogSoftmax", "ParamSpec", "ReLU", "Sigmoid", "Softmax", "Tanh",
+    "layer_from_dict", "layer_to_dict",
 ]

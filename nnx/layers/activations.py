@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from ..errors import unknown
-from ..kernels.reference import ACTIVATIONS
+from ..kernels.reference import ALL_ACTIVATIONS
 from .base import Layer
 from .decode import PositionwiseDecode
 
 
 def check_activation(name, owner: str = "activation"):
+    """The activation name (None and "linear" mean "identity"); UnknownNameError naming `owner`
+    and listing the accepted names otherwise."""
     name = "identity" if name in (None, "linear") else name
-    if name not in ACTIVATIONS:
-        raise unknown(owner, name, ACTIVATIONS)
+    if name not in ALL_ACTIVATIONS:
+        raise unknown(owner, name, ALL_ACTIVATIONS)
     return name
 
 
+def _pass_through(dy, need_dx=True):
+    return dy if need_dx else None
+
+
 class Activation(PositionwiseDecode, Layer):
-    """Applies an activation elementwise (softmax over the last axis)."""
+    """Activation(activation): applies an activation elementwise (softmax and log_softmax over
+    the last axis); the output has the input's shape. No parameters.
+
+    `output_activation()` is the activation, so a loss that takes probabilities is computed
+    from this layer's input when the activation is softmax / sigmoid (see
+    `Layer.begin_update_logits`)."""
 
     fixed: str | None = None  # set by the named subclasses (ReLU, ...)
 
@@ -31,6 +42,13 @@ class Activation(PositionwiseDecode, Layer):
             return self.ops.activation_backward(dy, saved, self.activation) if need_dx else None
 
         return y, backprop
+
+    def output_activation(self):
+        return self.activation
+
+    def call_logits(self, x, training):
+        """The values before the activation are the input itself."""
+        return x, _pass_through
 
     def get_config(self):
         if self.fixed:
@@ -51,19 +69,28 @@ class LeakyReLU(Activation):
 
 
 class Sigmoid(Activation):
-    """1 / (1 + exp(-x))"""
+    """1 / (1 + exp(-x)), stable on both tails."""
 
     fixed = "sigmoid"
 
 
 class Tanh(Activation):
+    """tanh(x)"""
+
     fixed = "tanh"
 
 
 class Softmax(Activation):
-    """softmax over the last axis"""
+    """softmax over the last axis (probabilities: non-negative, summing to 1)."""
 
     fixed = "softmax"
+
+
+class LogSoftmax(Activation):
+    """log softmax over the last axis (log-probabilities, stable for any input): the input of
+    the "nll" loss, as PyTorch's nn.LogSoftmax(dim=-1) before nn.NLLLoss."""
+
+    fixed = "log_softmax"
 
 
 class GELU(Activation):
@@ -73,4 +100,6 @@ class GELU(Activation):
 
 
 class Identity(Activation):
+    """y = x (a placeholder, e.g. for an optional block)."""
+
     fixed = "identity"

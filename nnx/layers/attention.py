@@ -34,18 +34,46 @@ from .decode import DecodeError, KVCache
 
 
 class MultiHeadSelfAttention(Layer):
-    def __init__(self, embed_dim: int, num_heads: int, causal: bool = False,
+    """MultiHeadSelfAttention(embed_dim, num_heads, causal=False): self-attention over
+    (N, T, embed_dim) sequences with `num_heads` heads of embed_dim / num_heads each; the output
+    has the input's shape. `causal=True` lets position t attend to positions <= t only.
+    `embed_dim=None` is inferred from the input shape when the model is built (it must be
+    divisible by num_heads). Weights (get_weights order): Wq, bq, Wk, bk, Wv, bv, Wo, bo (see
+    the module docstring for PyTorch's layout)."""
+
+    inferable = "embed_dim"
+
+    def __init__(self, embed_dim: int | None, num_heads: int, causal: bool = False,
                  name: str | None = None):
         super().__init__(name)
-        self._check_positive_ints(embed_dim=embed_dim, num_heads=num_heads)
-        if embed_dim % num_heads:
-            raise ValueError(f"MultiHeadSelfAttention {self.name!r}: embed_dim ({embed_dim}) "
-                             f"must be divisible by num_heads ({num_heads})")
-        self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.head_dim = embed_dim // num_heads
+        self._check_positive_ints(num_heads=num_heads)
+        self.num_heads = num_heads
+        self.embed_dim = self.head_dim = None
+        if embed_dim is not None:
+            self._check_positive_ints(embed_dim=embed_dim)
+            self.set_input_size(embed_dim)
         self.causal = bool(causal)
 
+    def set_input_size(self, value):
+        if value is not None and value % self.num_heads:
+            raise ValueError(f"MultiHeadSelfAttention {self.name!r}: embed_dim ({value}) "
+                             f"must be divisible by num_heads ({self.num_heads})")
+        self.embed_dim = value
+        self.head_dim = None if value is None else value // self.num_heads
+
+    def size_from_input(self, input_shape):
+        if len(input_shape) != 2:
+            raise self._expect("input of shape", "(batch, time, embed_dim)",
+                               f"shape {(None, *input_shape)}")
+        d = int(input_shape[-1])
+        if d % self.num_heads:
+            raise ShapeError(f"MultiHeadSelfAttention {self.name!r}: expected an input feature "
+                             f"size divisible by num_heads ({self.num_heads}), got input shape "
+                             f"{(None, *input_shape)}")
+        return d
+
     def param_specs(self):
+        self._require_sizes()
         d = self.embed_dim
         specs = []
         for p in ("q", "k", "v", "o"):

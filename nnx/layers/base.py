@@ -22,6 +22,26 @@ and saved once, and its gradient is the sum over its uses (`begin_update` wraps 
 tied layer so that each use adds to the gradient instead of overwriting it; the training step
 zeroes tied gradients before backward).
 
+The output before its final activation (`begin_update_logits`): a layer whose output ends in an
+activation it applies itself (Dense, Conv1D/Conv2D with `activation=`, the Activation layers)
+says which in `output_activation()` and computes the values before it in `call_logits`; a Chain
+delegates to its last layer. The training step uses this when the loss takes probabilities and
+the output ends in the matching activation (softmax for categorical cross-entropy, sigmoid for
+binary): the loss is then computed from the pre-activation values by the fused, stable
+from-logits kernel, as Keras does, while `predict` still returns probabilities. A leaf's logits
+call goes through `begin_update` like any call (so the step's observer brackets it); the
+context variable PRE_ACTIVATION tells `run` that this call wants the values before the
+activation (nothing is stored on the layer).
+
+Shape inference: a layer may take its input size as None (`Dense(None, 10)`,
+`Conv2D(None, 64, 3)`, `LSTM(None, 32)`, `LayerNorm(None)`, ...); `inferable` names that
+argument. `infer(input_shape)` resolves it from the shape of one sample (without the batch
+axis), checks the sizes already known against it, and returns the output shape; containers
+pass the shape through their layers. A model calls it before its parameters exist
+(`Model.build`, `Sequential(..., input_shape=)`, or its first batch), so the config saved in
+checkpoints holds the resolved sizes and the parameters are initialized exactly as if the sizes
+had been given.
+
 Hook points: while a training step runs with hooks that want per-leaf events (the profiler, the
 data-parallel gradient buckets), `begin_update` of a leaf goes through the step's observer (a
 context variable, so other threads are not affected), which brackets the leaf's forward and
@@ -34,7 +54,7 @@ import contextvars
 import itertools
 from dataclasses import dataclass
 
-from ..errors import ShapeError, unknown
+from ..errors import NNXError, ShapeError, unknown
 
 LAYER_CLASSES: dict[str, type] = {}
 _counters: dict[str, itertools.count] = {}
@@ -46,6 +66,15 @@ LEAF_OBSERVER: contextvars.ContextVar = contextvars.ContextVar("nnx_leaf_observe
 # The collector of `add_loss` terms of the running training step or evaluation (None elsewhere).
 LOSS_TERMS: contextvars.ContextVar = contextvars.ContextVar("nnx_loss_terms", default=None)
 RESERVED_TERMS = frozenset({"loss", "accuracy", "time", "samples_per_s"})
+# The leaf whose running call should return its output before the final activation (set by
+# `begin_update_logits` around one `begin_update`, read by `run`; None otherwise).
+PRE_ACTIVATION: contextvars.ContextVar = contextvars.ContextVar("nnx_pre_activation",
+                                                                default=None)
+
+
+class NotBuiltError(NNXError, RuntimeError):
+    """A layer or model whose sizes are not known yet (an input size given as None) was asked
+    for parameters; the message says which sizes are missing and how to build it."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +107,22 @@ class Layer:
         self.buffers: dict = {}  # non-trainable state saved in checkpoints (running stats)
         self._owner = None  # weak reference to the model (ParameterStore) this layer belongs to
         self._uses = 1  # how often the layer occurs in its model; > 1 is weight tying
+        self._inferred = False  # whether `inferable` was set by `infer` (see forget_inferred)
 
     # -- structure ------------------------------------------------------------------------
     def param_specs(self) -> list[ParamSpec]:
+        """The trainable parameters (name, shape, initializer, regularizer); [] by default."""
         return []
 
+    def has_params(self) -> bool:
+        """Whether the layer has trainable parameters; known before its sizes are (a layer whose
+        input size is still to be inferred has some)."""
+        if self.inferable is not None and getattr(self, self.inferable) is None:
+            return True
+        return bool(self.param_specs())
+
     def sublayers(self) -> list[Layer]:
+        """The direct children of a container (Chain, Residual, ...); [] for a leaf."""
         return []
 
     def leaves(self):
@@ -122,7 +161,10 @@ class Layer:
         if self.ops is None:
             raise RuntimeError(f"{type(self).__name__} {self.name!r} is not built into a model: "
                                "put it in nnx.Sequential/Model (or nnx.testing.build) first")
-        y, backprop = self.call(x, training)
+        if PRE_ACTIVATION.get() is self:
+            y, backprop = self.call_logits(x, training)
+        else:
+            y, backprop = self.call(x, training)
         if self._uses > 1:
             backprop = _accumulating(self, backprop)
         return y, backprop
@@ -140,11 +182,105 @@ class Layer:
         return self.begin_update(x, training)[0]
 
     def __call__(self, x, training: bool = False):
+        """`forward(x, training)`: the output for backend array x."""
         return self.forward(x, training)
+
+    # -- the output before its final activation (see the module docstring) ----------------
+    def output_activation(self) -> str | None:
+        """The activation this layer's output ends in, when the layer can also compute the
+        values before it (`begin_update_logits`); None when it cannot or does not know."""
+        return None
+
+    def call_logits(self, x, training: bool):
+        """Like `call`, but returns the values before the final activation and their backward
+        closure: (z, backprop_z). Layers whose `output_activation()` is not None implement
+        it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement call_logits()")
+
+    def begin_update_logits(self, x, training: bool = True):
+        """(z, backprop_z, activation): the output before its final `activation` (the output is
+        activation(z)) and the closure `backprop_z(dz, need_dx=True) -> dx`, which writes the
+        parameter gradients like `begin_update`'s. ValueError naming the layer when its output
+        does not end in a known activation (`output_activation()` is None)."""
+        activation = self.output_activation()
+        if activation is None:
+            raise ValueError(f"{self.describe()}: its output does not end in an activation it "
+                             "applies itself, so it has no pre-activation output")
+        if self.sublayers():
+            z, backprop = self.call_logits(x, training)
+            return z, backprop, activation
+        token = PRE_ACTIVATION.set(self)
+        try:
+            z, backprop = self.begin_update(x, training)  # through the step's observer
+        finally:
+            PRE_ACTIVATION.reset(token)
+        return z, backprop, activation
+
+    # -- shapes -----------------------------------------------------------------------------
+    inferable: str | None = None  # the constructor size that may be None (see infer)
 
     def output_shape(self, input_shape: tuple) -> tuple:
         """Shape of the output for an input shape (without the batch axis)."""
         return input_shape
+
+    def missing_sizes(self) -> list[str]:
+        """'<layer>: <argument>' for every constructor size of this layer's tree given as None
+        and not inferred yet; [] when the sizes are all known (parameters can be allocated)."""
+        subs = self.sublayers()
+        if subs:
+            out: list[str] = []
+            for sub in subs:
+                out += [m for m in sub.missing_sizes() if m not in out]
+            return out
+        if self.inferable is not None and getattr(self, self.inferable) is None:
+            return [f"{self.describe()}: {self.inferable}"]
+        return []
+
+    def size_from_input(self, input_shape: tuple):
+        """The value of the `inferable` argument that `input_shape` (one sample, no batch
+        axis) implies; ShapeError naming the layer when the shape cannot feed it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement size_from_input()")
+
+    def set_input_size(self, value) -> None:
+        """Set the `inferable` argument to `value` (None forgets it). Called by `infer` and
+        `forget_inferred` only: sizes are configuration, fixed once the model is built."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement set_input_size()")
+
+    def infer(self, input_shape: tuple) -> tuple:
+        """Resolve the size given as None (`inferable`) from `input_shape` (one sample, without
+        the batch axis), check a size that is known against it, and return the output shape.
+        Containers override it to pass the shape through their layers. Raises ShapeError
+        naming the layer, the expected and the actual shape when the input does not fit."""
+        input_shape = tuple(int(d) for d in input_shape)
+        if self.inferable is not None:
+            want = self.size_from_input(input_shape)
+            have = getattr(self, self.inferable)
+            if have is None:
+                self.set_input_size(want)
+                self._inferred = True
+            elif _as_size(have) != _as_size(want):
+                raise ShapeError(
+                    f"{self.describe()}: expected an input with {self.inferable}={have!r}, got "
+                    f"input shape {(None, *input_shape)} (which has {self.inferable}={want!r})")
+        return tuple(self.output_shape(input_shape))
+
+    def forget_inferred(self) -> None:
+        """Forget every size `infer` set in this layer's tree (a failed build leaves the layers
+        as they were constructed)."""
+        for node in self.nodes():
+            if getattr(node, "_inferred", False):
+                node.set_input_size(None)
+                node._inferred = False
+
+    def _require_sizes(self) -> None:
+        """NotBuiltError unless every size of this layer is known (before parameters exist)."""
+        missing = self.missing_sizes()
+        if missing:
+            raise NotBuiltError(
+                f"{self.describe()} is not built: {', '.join(missing)} is None and not inferred "
+                "yet; build the model with an input shape (nnx.Sequential([...], input_shape="
+                "...), model.build(input_shape)) or give it one batch (fit / predict / "
+                "evaluate / train_step)")
 
     def add_loss(self, value, name: str = "aux_loss") -> None:
         """Add `value` (a 0-d backend array, already weighted) to the loss of the running
@@ -163,6 +299,8 @@ class Layer:
 
     # -- configuration --------------------------------------------------------------------
     def get_config(self) -> dict:
+        """The constructor's arguments (JSON-able): what a checkpoint saves, `from_config`
+        rebuilds."""
         return {"name": self.name}
 
     @classmethod
@@ -175,6 +313,7 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
     def describe(self) -> str:
+        """"<class> '<name>'", as error messages name a layer."""
         return f"{type(self).__name__} {self.name!r}"
 
     # -- helpers for subclasses -----------------------------------------------------------
@@ -196,6 +335,11 @@ class Layer:
                 f"{type(self).__name__} {self.name!r}: expected input of shape (batch, ..., {size})"
                 f" ({arg}={size}), got shape {tuple(x.shape)}"
             )
+
+
+def _as_size(v):
+    """A size for comparison: ints as they are, lists and tuples as tuples."""
+    return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
 def _accumulating(layer: Layer, backprop):
@@ -239,6 +383,8 @@ class LayerBuilder:
         self.count = 0
 
     def build(self, d) -> Layer:
+        """The layer (tree) described by `d` ({"class", "config"}), validated; a name seen
+        before with the same description is the same (tied) layer."""
         if not isinstance(d, dict) or set(d) != {"class", "config"}:
             raise ValueError(f"layer description must be {{'class', 'config'}}, got {d!r:.200}")
         cls_name, config = d["class"], d["config"]

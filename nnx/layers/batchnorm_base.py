@@ -30,14 +30,16 @@ class BatchNormBase(Layer):
 
     ranks: tuple = ()
     layout = ""
+    inferable = "num_features"  # None: the channel count of the input, inferred at build
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+    def __init__(self, num_features: int | None, momentum: float = 0.1, eps: float = 1e-5,
                  name: str | None = None):
         super().__init__(name)
         kind = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"{kind} {self.name!r}: num_features must be a positive int, "
-                             f"got {num_features!r}")
+        if num_features is not None and (not isinstance(num_features, int)
+                                         or isinstance(num_features, bool) or num_features < 1):
+            raise ValueError(f"{kind} {self.name!r}: num_features must be a positive int (or "
+                             f"None: inferred), got {num_features!r}")
         if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) \
                 or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{kind} {self.name!r}: momentum must be in [0, 1], got {momentum!r}")
@@ -48,6 +50,7 @@ class BatchNormBase(Layer):
         self.eps = float(eps)
 
     def param_specs(self):
+        self._require_sizes()
         F = self.num_features
         return [ParamSpec("gamma", (F,), "ones"), ParamSpec("beta", (F,), "zeros")]
 
@@ -57,10 +60,11 @@ class BatchNormBase(Layer):
         self.buffers["running_var"][...] = 1
 
     def _check(self, shape: tuple) -> None:
-        if len(shape) not in self.ranks or shape[1] != self.num_features:
+        F = self.num_features
+        if len(shape) not in self.ranks or (F is not None and shape[1] != F):
             raise ShapeError(f"{type(self).__name__} {self.name!r}: expected input of shape "
-                             f"{self.layout.format(F=self.num_features)} "
-                             f"(num_features={self.num_features}), got shape {tuple(shape)}")
+                             f"{self.layout.format(F='channels' if F is None else F)} "
+                             f"(num_features={F}), got shape {tuple(shape)}")
 
     def check_count(self, n, shape: tuple) -> None:
         """Training needs more than one value per channel (`n` of them, input `shape`)."""
@@ -71,6 +75,15 @@ class BatchNormBase(Layer):
     def output_shape(self, input_shape):
         self._check((None, *input_shape))
         return tuple(input_shape)
+
+    def size_from_input(self, input_shape):
+        shape = (None, *input_shape)
+        if len(shape) not in self.ranks:
+            self._check(shape)
+        return int(input_shape[0])
+
+    def set_input_size(self, value):
+        self.num_features = value
 
     # -- computation ----------------------------------------------------------------------
     def call(self, x, training):

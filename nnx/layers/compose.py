@@ -35,8 +35,8 @@ def _as_layer(owner: str, block) -> Layer:
 
 
 class Residual(Layer):
-    """y = x + block(x). `block` is any layer or container whose output has the input's shape;
-    a list of layers is wrapped in a Chain."""
+    """Residual(block): y = x + block(x). `block` is any layer or container whose output has
+    the input's shape; a list of layers is wrapped in a Chain."""
 
     def __init__(self, block, name: str | None = None):
         super().__init__(name)
@@ -71,6 +71,16 @@ class Residual(Layer):
     def output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def infer(self, input_shape):
+        """The block's sizes from the input shape; its output must keep that shape."""
+        shape = tuple(input_shape)
+        out = tuple(self.block.infer(shape))
+        if out != shape:
+            raise ShapeError(f"Residual {self.name!r}: block {self.block.name!r} must keep the "
+                             f"input's shape; expected output shape {(None, *shape)}, got "
+                             f"{(None, *out)}")
+        return shape
+
     def get_config(self):
         return {"block": layer_to_dict(self.block), "name": self.name}
 
@@ -80,9 +90,10 @@ class Residual(Layer):
 
 
 class Parallel(Layer):
-    """Feeds the same input to every branch and merges their outputs: `merge="concat"` joins
-    them along the last axis (leading shapes must agree), `merge="add"` sums them (shapes must
-    agree). The input gradient is the sum of the branches' input gradients."""
+    """Parallel(*branches, merge="concat"): feeds the same input to every branch and merges
+    their outputs: `merge="concat"` joins them along the last axis (leading shapes must agree),
+    `merge="add"` sums them (shapes must agree). The input gradient is the sum of the
+    branches' input gradients."""
 
     def __init__(self, *branches, merge: str = "concat", name: str | None = None):
         super().__init__(name)
@@ -166,6 +177,13 @@ class Parallel(Layer):
 
     def output_shape(self, input_shape):
         shapes = [tuple(b.output_shape(tuple(input_shape))) for b in self.branches]
+        return self._merged_shape(shapes)
+
+    def infer(self, input_shape):
+        """Every branch's sizes from the same input shape; the merged output shape."""
+        return self._merged_shape([tuple(b.infer(tuple(input_shape))) for b in self.branches])
+
+    def _merged_shape(self, shapes):
         if self.merge == "add":
             return shapes[0]
         return (*shapes[0][:-1], sum(s[-1] for s in shapes))

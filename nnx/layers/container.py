@@ -7,10 +7,14 @@ from .base import Layer, layer_from_dict, layer_to_dict
 
 
 class Chain(Layer):
-    """Applies `layers` in order. Backward runs in reverse through the closures that forward
-    returned; when the caller needs no input gradient, it stops at the first layer with
-    parameters (layers before it, Flatten, Dropout, ..., have nothing to learn, and that layer
-    skips its dx GEMM)."""
+    """Chain(layers): applies `layers` in order; the output is the last layer's. Backward runs
+    in reverse through the closures that forward returned; when the caller needs no input
+    gradient, it stops at the first layer with parameters (layers before it, Flatten, Dropout,
+    ..., have nothing to learn, and that layer skips its dx GEMM).
+
+    Its output ends in whatever its last layer's ends in (`output_activation`), and its
+    pre-activation output is the last layer's (`begin_update_logits`); shapes are inferred
+    layer by layer (`infer`)."""
 
     def __init__(self, layers, name: str | None = None):
         super().__init__(name)
@@ -25,7 +29,7 @@ class Chain(Layer):
         # backward stops here when no input gradient is needed (the structure is fixed)
         self._first_trainable = next(
             (i for i, layer in enumerate(layers)
-             if any(leaf.param_specs() for leaf in layer.leaves())),
+             if any(leaf.has_params() for leaf in layer.leaves())),
             len(layers),
         )
 
@@ -33,9 +37,23 @@ class Chain(Layer):
         return self.layers
 
     def call(self, x, training):
+        return self._run(x, training, logits=False)
+
+    def call_logits(self, x, training):
+        """The layers in order, the last one's output taken before its activation."""
+        return self._run(x, training, logits=True)
+
+    def output_activation(self):
+        return self.layers[-1].output_activation() if self.layers else None
+
+    def _run(self, x, training, logits):
         backprops = []
-        for layer in self.layers:
-            x, bp = layer.begin_update(x, training)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if logits and i == last:
+                x, bp, _activation = layer.begin_update_logits(x, training)
+            else:
+                x, bp = layer.begin_update(x, training)
             backprops.append(bp)
         first = self._first_trainable
 
@@ -62,6 +80,13 @@ class Chain(Layer):
         for layer in self.layers:
             input_shape = layer.output_shape(input_shape)
         return input_shape
+
+    def infer(self, input_shape):
+        """Each layer's sizes from the shape the layers before it output; the last shape."""
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = tuple(layer.infer(shape))
+        return shape
 
     def get_config(self):
         return {"layers": [layer_to_dict(layer) for layer in self.layers], "name": self.name}

@@ -98,12 +98,16 @@ class Conv1D(Layer):
     - L_out = (L + left + right - dilation * (kernel_size - 1) - 1) // stride + 1.
     - The activation is fused as in Conv2D (`ops.activation_forward` on the conv output).
 
+    - `in_channels=None`: inferred from the input shape when the model is built.
+
     Computed through the backend's conv2d kernels on an (N, C, 1, L) view, so it inherits their
     speed and their tests."""
 
+    inferable = "in_channels"
+
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | None,
         out_channels: int,
         kernel_size,
         stride=1,
@@ -119,8 +123,9 @@ class Conv1D(Layer):
     ):
         super().__init__(name)
         for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not _is_int(v) or v < 1:
-                raise ValueError(f"Conv1D {self.name!r}: {arg} must be a positive int, got {v!r}")
+            if (v is not None or arg == "out_channels") and (not _is_int(v) or v < 1):
+                raise ValueError(f"Conv1D {self.name!r}: {arg} must be a positive int, got {v!r}"
+                                 + (" (or None: inferred)" if arg == "in_channels" else ""))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = positive_int(self, "kernel_size", kernel_size)
         self.stride = positive_int(self, "stride", stride)
@@ -136,6 +141,7 @@ class Conv1D(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def param_specs(self):
+        self._require_sizes()
         specs = [ParamSpec("W", (self.out_channels, self.in_channels, self.kernel_size),
                            self.kernel_initializer, self.kernel_regularizer)]
         if self.use_bias:
@@ -157,8 +163,25 @@ class Conv1D(Layer):
         _pads, length = self._geometry((None, *input_shape))
         return (self.out_channels, length)
 
+    def size_from_input(self, input_shape):
+        check_sequence(self, (None, *input_shape), None, "in_channels")
+        return int(input_shape[0])
+
+    def set_input_size(self, value):
+        self.in_channels = value
+
     # -- computation ----------------------------------------------------------------------
+    def output_activation(self):
+        return self.activation
+
     def call(self, x, training):
+        return self._conv(x, self.activation)
+
+    def call_logits(self, x, training):
+        """conv(x, W) + b, before the activation."""
+        return self._conv(x, "identity")
+
+    def _conv(self, x, activation):
         pads, _ = self._geometry(tuple(x.shape))
         N, C, L = x.shape
         O, k = self.out_channels, self.kernel_size
@@ -167,14 +190,14 @@ class Conv1D(Layer):
         geometry = ((1, self.stride), ((0, 0), pads), (1, self.dilation))
         z4, saved = self.ops.conv2d_forward(x4, W4, self.params.get("b"), *geometry)
         z = z4.reshape(N, O, z4.shape[3])
-        y, act_saved = self.ops.activation_forward(z, self.activation)
+        y, act_saved = self.ops.activation_forward(z, activation)
 
         def backprop(dy, need_dx=True):
             nonlocal x4, saved, act_saved
             if saved is None:
                 raise RuntimeError(f"{self.describe()}: backprop called twice; the first call "
                                    "freed what the forward saved")
-            dz = self.ops.activation_backward(dy, act_saved, self.activation)
+            dz = self.ops.activation_backward(dy, act_saved, activation)
             dz4 = dz.reshape(N, O, 1, dz.shape[2])
             dW4 = self.grads["W"].reshape(O, C, 1, k)  # a view: the kernel writes through it
             db = self.grads.get("b")

@@ -71,9 +71,10 @@ def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     return (total // 2, total - total // 2)
 
 
-def check_image(layer: Layer, shape: tuple, channels: int, arg: str) -> None:
-    """Rank-4 NCHW input with `channels` channels, or a ShapeError naming the layer."""
-    if len(shape) != 4 or shape[1] != channels:
+def check_image(layer: Layer, shape: tuple, channels: int | None, arg: str) -> None:
+    """Rank-4 NCHW input with `channels` channels (any number while None: not inferred yet),
+    or a ShapeError naming the layer."""
+    if len(shape) != 4 or (channels is not None and shape[1] != channels):
         raise ShapeError(f"{type(layer).__name__} {layer.name!r}: expected input of shape "
                          f"(batch, {channels}, height, width) ({arg}={channels}), "
                          f"got shape {tuple(shape)}")
@@ -104,11 +105,15 @@ class Conv2D(Layer):
       (TensorFlow's: output size ceil(size / stride), the odd padding cell at the bottom/right).
     - The activation is fused: the backend computes conv + bias in one GEMM pass and the
       activation on its output (`ops.activation_forward`).
+    - `in_channels=None`: inferred from the input shape when the model is built (as Keras's
+      Conv2D(filters, kernel_size)).
     """
+
+    inferable = "in_channels"
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | None,
         out_channels: int,
         kernel_size,
         stride=1,
@@ -124,8 +129,9 @@ class Conv2D(Layer):
     ):
         super().__init__(name)
         for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not _is_int(v) or v < 1:
-                raise ValueError(f"Conv2D {self.name!r}: {arg} must be a positive int, got {v!r}")
+            if (v is not None or arg == "out_channels") and (not _is_int(v) or v < 1):
+                raise ValueError(f"Conv2D {self.name!r}: {arg} must be a positive int, got {v!r}"
+                                 + (" (or None: inferred)" if arg == "in_channels" else ""))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = positive_pair(self, "kernel_size", kernel_size)
         self.stride = positive_pair(self, "stride", stride)
@@ -141,6 +147,7 @@ class Conv2D(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def param_specs(self):
+        self._require_sizes()
         kh, kw = self.kernel_size
         specs = [ParamSpec("W", (self.out_channels, self.in_channels, kh, kw),
                            self.kernel_initializer, self.kernel_regularizer)]
@@ -170,20 +177,37 @@ class Conv2D(Layer):
         _pads, (Ho, Wo) = self._geometry((None, *input_shape))
         return (self.out_channels, Ho, Wo)
 
+    def size_from_input(self, input_shape):
+        check_image(self, (None, *input_shape), None, "in_channels")
+        return int(input_shape[0])
+
+    def set_input_size(self, value):
+        self.in_channels = value
+
     # -- computation ----------------------------------------------------------------------
+    def output_activation(self):
+        return self.activation
+
     def call(self, x, training):
+        return self._conv(x, self.activation)
+
+    def call_logits(self, x, training):
+        """conv(x, W) + b, before the activation."""
+        return self._conv(x, "identity")
+
+    def _conv(self, x, activation):
         pads, _ = self._geometry(tuple(x.shape))
         W = self.params["W"]
         z, saved = self.ops.conv2d_forward(x, W, self.params.get("b"), self.stride, pads,
                                            self.dilation)
-        y, act_saved = self.ops.activation_forward(z, self.activation)
+        y, act_saved = self.ops.activation_forward(z, activation)
 
         def backprop(dy, need_dx=True):
             nonlocal x, saved, act_saved
             if saved is None:
                 raise RuntimeError(f"{self.describe()}: backprop called twice; the first call "
                                    "freed what the forward saved")
-            dz = self.ops.activation_backward(dy, act_saved, self.activation)
+            dz = self.ops.activation_backward(dy, act_saved, activation)
             dx, _dW, _db = self.ops.conv2d_backward(
                 dz, x, W, saved, self.stride, pads, self.dilation, need_dx, self.grads["W"],
                 self.grads.get("b"))

@@ -7,6 +7,11 @@ from .decode import PositionwiseDecode
 
 
 class Dropout(PositionwiseDecode, Layer):
+    """Dropout(rate): in training, zeroes each element with probability `rate` (drawn from the
+    model's seeded generator) and scales the others by 1 / (1 - rate), so inference is the
+    identity and needs no rescaling; the output has the input's shape. rate in [0, 1). No
+    parameters. As Keras's Dropout and PyTorch's nn.Dropout."""
+
     def __init__(self, rate: float, name: str | None = None):
         super().__init__(name)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:

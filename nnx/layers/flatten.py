@@ -8,6 +8,10 @@ from .base import Layer
 
 
 class Flatten(Layer):
+    """Flatten(): (batch, d1, d2, ...) -> (batch, d1 * d2 * ...), e.g. a conv stack's (N, C, H, W)
+    to (N, C*H*W) for a Dense head (NCHW order, as PyTorch's nn.Flatten; a Keras model ported
+    from NHWC flattens in another order). No parameters."""
+
     def call(self, x, training):
         shape = x.shape
 

@@ -22,7 +22,7 @@ from .recurrent import RecurrentLayer
 
 
 class GRU(RecurrentLayer):
-    """GRU(input_size, hidden_size, return_sequences=False)."""
+    """GRU(input_size, hidden_size, return_sequences=False): input_size None is inferred."""
 
     gates = 3
 

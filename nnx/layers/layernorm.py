@@ -12,27 +12,41 @@ class LayerNorm(PositionwiseDecode, Layer):
     over the last len(normalized_shape) axes, as PyTorch's LayerNorm. `normalized_shape` is an
     int (the last axis) or a tuple.
 
+    `normalized_shape=None`: the last axis, its size inferred from the input shape when the
+    model is built (Keras's LayerNormalization()).
+
     `get_weights()` order: gamma then beta, each of shape `normalized_shape`."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, name: str | None = None):
+    inferable = "normalized_shape"
+
+    def __init__(self, normalized_shape=None, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
         if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
             normalized_shape = (normalized_shape,)
-        if (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
+        if normalized_shape is None:
+            pass
+        elif (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
                            for d in normalized_shape)):
             raise ValueError(f"LayerNorm {self.name!r}: normalized_shape must be a positive int "
                              f"or a tuple of them, got {normalized_shape!r}")
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"LayerNorm {self.name!r}: eps must be a positive number, got {eps!r}")
-        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.normalized_shape = (None if normalized_shape is None
+                                 else tuple(int(d) for d in normalized_shape))
         self.eps = float(eps)
 
     def param_specs(self):
+        self._require_sizes()
         return [ParamSpec("gamma", self.normalized_shape, "ones"),
                 ParamSpec("beta", self.normalized_shape, "zeros")]
 
     def _check(self, shape: tuple) -> None:
+        if self.normalized_shape is None:  # not inferred yet: the last axis, any size
+            if len(shape) < 2:
+                raise self._expect("input of shape", "(batch, ..., features)",
+                                   f"shape {tuple(shape)}")
+            return
         k = len(self.normalized_shape)
         if len(shape) < k + 1 or tuple(shape[-k:]) != self.normalized_shape:
             raise ShapeError(f"LayerNorm {self.name!r}: expected input of shape "
@@ -43,6 +57,19 @@ class LayerNorm(PositionwiseDecode, Layer):
     def output_shape(self, input_shape):
         self._check((None, *input_shape))
         return tuple(input_shape)
+
+    def size_from_input(self, input_shape):
+        if self.normalized_shape is not None:  # the known axes' sizes in the input
+            k = len(self.normalized_shape)
+            self._check((None, *input_shape))
+            return tuple(int(d) for d in input_shape[-k:])
+        if len(input_shape) < 1:
+            raise self._expect("input of shape", "(batch, ..., features)",
+                               f"shape {(None, *input_shape)}")
+        return (int(input_shape[-1]),)
+
+    def set_input_size(self, value):
+        self.normalized_shape = None if value is None else tuple(value)
 
     def call(self, x, training):
         self._check(tuple(x.shape))
@@ -71,5 +98,6 @@ class LayerNorm(PositionwiseDecode, Layer):
         return None
 
     def get_config(self):
-        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+        shape = self.normalized_shape
+        return {"normalized_shape": None if shape is None else list(shape), "eps": self.eps,
                 "name": self.name}

@@ -28,12 +28,13 @@ def unit_forget_bias(rng, shape, fan):
 
 
 class LSTM(RecurrentLayer):
-    """LSTM(input_size, hidden_size, return_sequences=False, unit_forget_bias=True)."""
+    """LSTM(input_size, hidden_size, return_sequences=False, unit_forget_bias=True);
+    input_size None is inferred from the input shape when the model is built."""
 
     gates = 4
     state_names = ("h0", "c0")
 
-    def __init__(self, input_size: int, hidden_size: int, return_sequences: bool = False,
+    def __init__(self, input_size: int | None, hidden_size: int, return_sequences: bool = False,
                  unit_forget_bias: bool = True, name: str | None = None):
         super().__init__(input_size, hidden_size, return_sequences, name)
         self.unit_forget_bias = bool(unit_forget_bias)

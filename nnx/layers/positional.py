@@ -19,14 +19,29 @@ def position_init(rng, shape, fan):
 
 class PositionalEmbedding(Layer):
     """Learned absolute positions: y = x + P[:T] for x of shape (N, T, dim), T <= max_len.
+    `dim=None` is inferred from the input shape when the model is built.
     Weights (get_weights order): P (max_len, dim)."""
 
-    def __init__(self, max_len: int, dim: int, name: str | None = None):
+    inferable = "dim"
+
+    def __init__(self, max_len: int, dim: int | None = None, name: str | None = None):
         super().__init__(name)
-        self._check_positive_ints(max_len=max_len, dim=dim)
+        self._check_positive_ints(max_len=max_len)
+        if dim is not None:
+            self._check_positive_ints(dim=dim)
         self.max_len, self.dim = max_len, dim
 
+    def size_from_input(self, input_shape):
+        if len(input_shape) != 2 or not 1 <= input_shape[0] <= self.max_len:
+            raise self._expect("input of shape", f"(batch, time <= {self.max_len}, dim)",
+                               f"shape {(None, *input_shape)}")
+        return int(input_shape[-1])
+
+    def set_input_size(self, value):
+        self.dim = value
+
     def param_specs(self):
+        self._require_sizes()
         return [ParamSpec("P", (self.max_len, self.dim), position_init)]
 
     def call(self, x, training):

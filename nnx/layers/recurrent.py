@@ -54,15 +54,19 @@ from .decode import DecodeError
 
 class RecurrentLayer(Layer):
     """Base of SimpleRNN, LSTM and GRU: argument checks, initial states, the stateful calls
-    (`forward_with_state`, `begin_update_with_state`), config."""
+    (`forward_with_state`, `begin_update_with_state`), config. `input_size=None` is inferred
+    from the input shape (T, features) when the model is built."""
 
     gates = 1  # gate blocks in W_ih / W_hh
     state_names: tuple = ("h0",)
+    inferable = "input_size"
 
-    def __init__(self, input_size: int, hidden_size: int, return_sequences: bool = False,
+    def __init__(self, input_size: int | None, hidden_size: int, return_sequences: bool = False,
                  name: str | None = None):
         super().__init__(name)
-        self._check_positive_ints(input_size=input_size, hidden_size=hidden_size)
+        if input_size is not None:
+            self._check_positive_ints(input_size=input_size)
+        self._check_positive_ints(hidden_size=hidden_size)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.return_sequences = bool(return_sequences)
         self._initial_state = None  # set by set_initial_state (configuration, not per call)
@@ -70,6 +74,7 @@ class RecurrentLayer(Layer):
     # -- parameters -----------------------------------------------------------------------
     def _weight_specs(self):
         """W_ih (F, gates*H) Glorot, W_hh (H, gates*H) orthogonal (Keras's defaults)."""
+        self._require_sizes()
         gh = self.gates * self.hidden_size
         return [
             ParamSpec("W_ih", (self.input_size, gh), "glorot_uniform"),
@@ -157,6 +162,7 @@ class RecurrentLayer(Layer):
         self._initial_state = self._check_states(states)
 
     def reset_initial_state(self) -> None:
+        """Start following sequences from zeros again."""
         self._initial_state = None
 
     def _check_states(self, states):
@@ -220,6 +226,15 @@ class RecurrentLayer(Layer):
         if self.return_sequences:
             return (*input_shape[:-1], self.hidden_size)
         return (self.hidden_size,)
+
+    def size_from_input(self, input_shape):
+        if len(input_shape) != 2:
+            raise self._expect("input of shape", "(batch, time, features)",
+                               f"shape {(None, *input_shape)}")
+        return int(input_shape[-1])
+
+    def set_input_size(self, value):
+        self.input_size = value
 
     def get_config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,

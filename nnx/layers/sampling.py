@@ -33,6 +33,10 @@ from .base import LOSS_TERMS, Layer
 
 
 class Sampling(Layer):
+    """Sampling(latent_dim, kl_weight=1.0): x (N, ..., 2 * latent_dim) read as [mean | log_var]
+    -> z = mean + exp(log_var / 2) * eps, shape (N, ..., latent_dim), adding the weighted KL
+    term to the loss (see the module docstring). No parameters."""
+
     def __init__(self, latent_dim: int, kl_weight: float = 1.0, name: str | None = None):
         super().__init__(name)
         self._check_positive_ints(latent_dim=latent_dim)

@@ -12,6 +12,11 @@ MODES = ("mean", "last", "first")
 
 
 class SequencePool(Layer):
+    """SequencePool(mode="mean"): (N, T, F) -> (N, F), the mean over time ("mean"), or the last
+    ("last") or first ("first") timestep's features; the readout that turns a sequence model's
+    per-position outputs into one vector per sample (e.g. before a classifier Dense). No
+    parameters."""
+
     def __init__(self, mode: str = "mean", name: str | None = None):
         super().__init__(name)
         if mode not in MODES:

@@ -32,16 +32,50 @@ from .layernorm import LayerNorm
 
 
 class TransformerEncoderBlock(Layer):
-    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.0,
-                 causal: bool = False, norm_first: bool = True, activation: str = "gelu",
-                 name: str | None = None):
+    """TransformerEncoderBlock(embed_dim, num_heads, mlp_dim, dropout=0.0, causal=False,
+    norm_first=True, activation="gelu"): one encoder block over (N, T, embed_dim) sequences
+    (self-attention and an MLP, each in a residual branch with LayerNorm; see the module
+    docstring); the output has the input's shape. `embed_dim=None` is inferred from the input
+    shape when the model is built (the body is assembled then)."""
+
+    inferable = "embed_dim"
+
+    def __init__(self, embed_dim: int | None, num_heads: int, mlp_dim: int,
+                 dropout: float = 0.0, causal: bool = False, norm_first: bool = True,
+                 activation: str = "gelu", name: str | None = None):
         super().__init__(name)
         if not isinstance(mlp_dim, int) or isinstance(mlp_dim, bool) or mlp_dim < 1:
             raise ValueError(f"TransformerEncoderBlock {self.name!r}: mlp_dim must be a positive "
                              f"int, got {mlp_dim!r}")
-        self.embed_dim, self.num_heads, self.mlp_dim = embed_dim, num_heads, mlp_dim
+        self._check_positive_ints(num_heads=num_heads)
+        self.num_heads, self.mlp_dim = num_heads, mlp_dim
         self.dropout, self.causal = float(dropout), bool(causal)
         self.norm_first, self.activation = bool(norm_first), activation
+        self.embed_dim, self.body = None, None
+        if embed_dim is not None:
+            self._check_positive_ints(embed_dim=embed_dim)
+            self.set_input_size(embed_dim)
+
+    def set_input_size(self, value):
+        """Set embed_dim and assemble the body from the hyperparameters (None: no body yet)."""
+        self.embed_dim = value
+        self.body = None if value is None else self._build_body(value)
+
+    def size_from_input(self, input_shape):
+        if len(input_shape) != 2:
+            raise self._expect("input of shape", "(batch, time, embed_dim)",
+                               f"shape {(None, *input_shape)}")
+        return int(input_shape[-1])
+
+    def infer(self, input_shape):
+        """embed_dim from the input shape (assembling the body), then the body's shapes."""
+        super().infer(input_shape)
+        return self.body.infer(tuple(input_shape))
+
+    def _build_body(self, embed_dim):
+        num_heads, mlp_dim, dropout, causal = (self.num_heads, self.mlp_dim, self.dropout,
+                                               self.causal)
+        activation = self.activation
         nm = self.name
         attn = MultiHeadSelfAttention(embed_dim, num_heads, causal, name=f"{nm}/attn")
         mlp = [Dense(embed_dim, mlp_dim, activation, name=f"{nm}/fc1"),
@@ -59,12 +93,13 @@ class TransformerEncoderBlock(Layer):
                      ln1,
                      Residual(Chain([*mlp, drop2], name=f"{nm}/mlp_branch"), name=f"{nm}/res2"),
                      ln2]
-        self.body = Chain(parts, name=f"{nm}/body")
+        return Chain(parts, name=f"{nm}/body")
 
     def sublayers(self):
-        return [self.body]
+        return [self.body] if self.body is not None else []
 
     def call(self, x, training):
+        self._require_sizes()
         return self.body.begin_update(x, training)
 
     def init_decode_state(self, batch, capacity):
