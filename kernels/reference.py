@@ -28,7 +28,14 @@ import numpy
 from .reference_layers import LayerKernels
 from .reference_optim import OptimKernels
 
+# The activations with a code in the fused Numba and CUDA kernels: `numba_common.ACT_CODE` is built
+# from this tuple's order and checked against its own constants, so it changes with them.
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu")
+# Row activations without a fused kernel code: every backend runs the reference (xp) code below
+# (NumbaOps and CupyOps fall back to it for activations their code tables do not name).
+ROW_ACTIVATIONS = ("log_softmax",)
+# Every activation a layer accepts (`Dense(..., activation=)`, `Activation(...)`).
+ALL_ACTIVATIONS = ACTIVATIONS + ROW_ACTIVATIONS
 _GELU_K = math.sqrt(2.0 / math.pi)
 LEAKY_SLOPE = 0.01
 # |x| beyond which GELU's tanh is exactly +-1 in float16/32/64 (tanh(0.798 * (20 + 357.7)) = 1
@@ -166,6 +173,12 @@ class Ops(OptimKernels, LayerKernels):
     def backprop_softmax(self, dy, y, axis: int = -1):
         return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
 
+    def backprop_log_softmax(self, dy, y, axis: int = -1):
+        """d log_softmax from its output y = log p: dx = dy - p * sum(dy) over the axis. p =
+        exp(y) <= 1 cannot overflow, and no log of a small probability is taken, so it is
+        stable wherever the forward is."""
+        return dy - self.xp.exp(y) * dy.sum(axis=axis, keepdims=True)
+
     def gelu(self, x):
         """GELU, tanh approximation (PyTorch's approximate='tanh'): no erf needed in `xp`.
         The tanh argument uses x clipped to +-GELU_CLIP: beyond it tanh is exactly +-1 in
@@ -207,6 +220,8 @@ class Ops(OptimKernels, LayerKernels):
 
     # -- losses ---------------------------------------------------------------------------
     def log_softmax(self, x, axis: int = -1):
+        """log softmax(x) over `axis`, stable (x - max, then log-sum-exp): the activation
+        "log_softmax" and the losses' log-probabilities."""
         with numpy.errstate(over="ignore"):  # as in softmax
             z = x - x.max(axis=axis, keepdims=True)
         return z - self.xp.log(self.xp.exp(z).sum(axis=axis, keepdims=True))
