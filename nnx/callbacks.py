@@ -39,11 +39,20 @@ class Callback:
 
     model = None
 
-    def on_train_begin(self, info): ...
-    def on_epoch_begin(self, epoch): ...
-    def on_batch_end(self, batch, state): ...
-    def on_epoch_end(self, epoch, logs): ...
-    def on_train_end(self): ...
+    def on_train_begin(self, info):
+        """At the start of `fit`, before any training work. `info`: dict with epochs, samples,
+        batch_size, initial_epoch, metrics and validation; check here what the callback needs, so
+        mistakes are reported before the first epoch. Returns None."""
+    def on_epoch_begin(self, epoch):
+        """Before epoch `epoch` (0-based int) starts. Returns None."""
+    def on_batch_end(self, batch, state):
+        """After each batch: `batch` is its index in the epoch, `state` a dict with seen, loss_sum
+        and weight_sum so far. Returns None."""
+    def on_epoch_end(self, epoch, logs):
+        """After epoch `epoch` (0-based): `logs` is the epoch's dict (loss, metrics, val_*), shared
+        by the fit's callbacks in order; a callback may add entries. Returns None."""
+    def on_train_end(self):
+        """Once, when `fit` finishes. Returns None."""
 
 
 class CallbackList:
@@ -57,6 +66,8 @@ class CallbackList:
         self.model = model
 
     def append(self, cb, model=None):
+        """Add callback `cb` (a `Callback`, else TypeError), setting its `model` to `model` or this
+        list's model. Returns None."""
         if not isinstance(cb, Callback):
             raise TypeError(
                 f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}"
@@ -80,6 +91,7 @@ class History(Callback):
         self.epochs: list[int] = []
 
     def on_epoch_end(self, epoch, logs):
+        """Record `epoch` and append each value of `logs` to `history[name]`."""
         self.epochs.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
@@ -139,6 +151,8 @@ class EarlyStopping(Callback):
         self.stopped_epoch = None
 
     def on_train_begin(self, info):
+        """Check that the monitor will be logged (`info`, as `Callback.on_train_begin`) and reset
+        best, wait and stopped_epoch."""
         _check_log_name("EarlyStopping", self.monitor, info)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait, self.best_weights, self.stopped_epoch = 0, None, None
@@ -149,6 +163,8 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs):
+        """Compare `logs[monitor]` with the best so far; after `patience` epochs without improvement
+        set `model.stop_training` (restoring the best weights if asked)."""
         value = _log_value("EarlyStopping", self.monitor, logs)
         if self._improved(value):
             self.best, self.wait = value, 0
@@ -200,6 +216,9 @@ class ModelCheckpoint(Callback):
         return math.inf if self.mode == "min" else -math.inf
 
     def on_train_begin(self, info):
+        """Check that the destination is writable and every name in the path and the monitor will be
+        logged (`info`); set the best value to beat (when resuming, the one the existing file
+        records)."""
         if self.model is None or self.model.is_chief:  # the process that will write
             checkpoint.destination(self.path)  # the directory exists and is writable
         for name in [f for f in self.fields if f != "epoch"]:
@@ -229,6 +248,8 @@ class ModelCheckpoint(Callback):
         return self._initial_best()
 
     def on_epoch_end(self, epoch, logs):
+        """Save the model for `epoch` to the path formatted with `logs` (with save_best_only only
+        when `logs[monitor]` improved on the best)."""
         if self.save_best_only:
             value = _log_value("ModelCheckpoint", self.monitor, logs)
             better = value < self.best if self.mode == "min" else value > self.best
@@ -313,6 +334,8 @@ class LearningRateScheduler(Callback):
         self.verbose = check_verbose(verbose, "LearningRateScheduler")
 
     def on_train_begin(self, info):
+        """Check that the optimizer's rate is a float the callback may set (not already a schedule);
+        ValueError otherwise."""
         lr = self.model.optimizer.lr
         if callable(lr):
             raise ValueError(
@@ -320,6 +343,8 @@ class LearningRateScheduler(Callback):
                 "compile with a float lr for the callback to set, or drop the callback")
 
     def on_epoch_begin(self, epoch):
+        """Set the optimizer's rate to `schedule(epoch[, lr])` (rank 0's value on every rank);
+        ValueError unless it is a finite number > 0."""
         opt = self.model.optimizer
         lr = float(opt.lr)
         new = self.schedule(epoch, lr) if self._with_lr else self.schedule(epoch)
@@ -334,6 +359,7 @@ class LearningRateScheduler(Callback):
                   f"{float(new)}.")
 
     def on_epoch_end(self, epoch, logs):
+        """Add the epoch's rate to `logs['learning_rate']`."""
         logs["learning_rate"] = self.model.optimizer.current_lr()
 
 
@@ -372,6 +398,7 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter = 0
 
     def on_train_begin(self, info):
+        """Check that the monitor will be logged (`info`) and reset best, wait and cooldown."""
         _check_log_name("ReduceLROnPlateau", self.monitor, info)
         self._reset()
 
@@ -381,6 +408,9 @@ class ReduceLROnPlateau(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs):
+        """Log the rate in `logs['learning_rate']`; after `patience` epochs without improvement of
+        `logs[monitor]` multiply the rate by `factor` (not below `min_lr`) and start the
+        cooldown."""
         opt = self.model.optimizer
         logs["learning_rate"] = opt.current_lr()
         current = _agreed(opt, float(_log_value("ReduceLROnPlateau", self.monitor, logs)))
@@ -429,13 +459,16 @@ class ProgressBar(Callback):
         self.verbose, self.stream = verbose, stream or sys.stdout
 
     def on_train_begin(self, info):
+        """Note epochs and samples from `info`; a live bar only on a TTY with verbose >= 1."""
         self.epochs, self.total = info["epochs"], info["samples"]
         self.live = self.verbose >= 1 and self.stream.isatty()
 
     def on_epoch_begin(self, epoch):
+        """Start timing epoch `epoch`."""
         self.epoch, self.t0, self.last = epoch, time.perf_counter(), 0.0
 
     def on_batch_end(self, batch, state):
+        """Redraw the live bar from `state['seen']` (at most every 0.2 s)."""
         now = time.perf_counter()
         if not self.live or now - self.last < 0.2:
             return
@@ -456,6 +489,7 @@ class ProgressBar(Callback):
         self.stream.flush()
 
     def on_epoch_end(self, epoch, logs):
+        """Write the epoch's line: every value in `logs`, its time and samples/s."""
         parts = [f"epoch {epoch + 1}/{self.epochs}"]
         for k, v in logs.items():
             if k not in ("time", "samples_per_s"):

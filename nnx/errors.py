@@ -39,4 +39,6 @@ class TrainingDivergedError(NNXError, FloatingPointError):
 
 
 def unknown(kind: str, name, known) -> UnknownNameError:
+    """An UnknownNameError for `name` of `kind` (e.g. 'optimizer'), listing the `known` names,
+    sorted. Returns it (the caller raises)."""
     return UnknownNameError(f"unknown {kind} {name!r}; expected one of: {', '.join(sorted(known))}")

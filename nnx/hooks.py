@@ -49,38 +49,59 @@ class StepHooks:
     def begin_fit(self, model, x, y, plan: dict) -> None:
         """`plan` holds epochs, batch_size, shuffle and initial_epoch of this fit call."""
 
-    def end_fit(self, model) -> None: ...
+    def end_fit(self, model) -> None:
+        """Once per fit, after the last epoch (also when fit raised)."""
 
     def split_batch(self, index):
+        """`index`: the global batch's sample indices; returns the part this process runs (all of it
+        by default)."""
         return index
 
-    def begin_step(self, model, n_local: int, n_global: int | None) -> None: ...
+    def begin_step(self, model, n_local: int, n_global: int | None) -> None:
+        """At a step's start: `n_local` samples run here of `n_global` in the global batch (None in
+        a user's `train_step` loop)."""
 
-    def empty_step(self, model) -> None: ...
+    def empty_step(self, model) -> None:
+        """This process's share of the batch is empty: take part in the collectives the other
+        processes make, without data."""
 
-    def before_leaf_forward(self, layer) -> None: ...
+    def before_leaf_forward(self, layer) -> None:
+        """Before leaf `layer`'s forward (only with `leaf_events`)."""
 
-    def after_leaf_forward(self, layer) -> None: ...
+    def after_leaf_forward(self, layer) -> None:
+        """After leaf `layer`'s forward (only with `leaf_events`)."""
 
-    def before_loss(self, model) -> None: ...
+    def before_loss(self, model) -> None:
+        """Before the loss of `model` is computed (only with `leaf_events`)."""
 
-    def after_loss(self, model) -> None: ...
+    def after_loss(self, model) -> None:
+        """After the loss of `model` is computed (only with `leaf_events`)."""
 
-    def before_leaf_backward(self, layer) -> None: ...
+    def before_leaf_backward(self, layer) -> None:
+        """Before leaf `layer`'s backward (only with `leaf_events`)."""
 
-    def after_leaf_backward(self, layer) -> None: ...
+    def after_leaf_backward(self, layer) -> None:
+        """After leaf `layer`'s backward (only with `leaf_events`)."""
 
-    def before_update(self, model, grads) -> None: ...
+    def before_update(self, model, grads) -> None:
+        """After backward and regularizers, before the optimizer update: `grads` is the model's
+        gradient buffer, which may be changed in place (e.g. allreduced)."""
 
-    def after_update(self, model) -> None: ...
+    def after_update(self, model) -> None:
+        """After the optimizer has updated `model`'s parameters."""
 
-    def end_step(self, model) -> None: ...
+    def end_step(self, model) -> None:
+        """At a step's end; always called, also when the step raised."""
 
     def end_epoch(self, model, sums: list) -> list:
+        """`sums`: the epoch's running sums ([loss_sum, weight_sum, seen, *add_loss terms]); returns
+        them reduced over processes (as given by default)."""
         return sums
 
     @property
     def is_chief(self) -> bool:
+        """Whether this process prints progress and writes checkpoints (True by default; all hooks
+        must agree)."""
         return True
 
 
@@ -92,6 +113,8 @@ class HookList:
         self._leaf: list[StepHooks] = []
 
     def add(self, hooks: StepHooks) -> None:
+        """Add `hooks` (a `StepHooks`, else TypeError; ValueError if already added). Returns
+        None."""
         if not isinstance(hooks, StepHooks):
             raise TypeError(f"hooks must be nnx.hooks.StepHooks instances, got "
                             f"{type(hooks).__name__}")
@@ -101,6 +124,7 @@ class HookList:
         self._leaf = [h for h in self.items if h.leaf_events]
 
     def remove(self, hooks: StepHooks) -> None:
+        """Remove `hooks` if present. Returns None."""
         self.items = [h for h in self.items if h is not hooks]
         self._leaf = [h for h in self.items if h.leaf_events]
 
@@ -112,23 +136,31 @@ class HookList:
 
     @property
     def is_chief(self) -> bool:
+        """True when every hook's `is_chief` is (True without hooks)."""
         return all(h.is_chief for h in self.items)
 
     def split_batch(self, index):
+        """`index` passed through each hook's `split_batch` in order; returns the part this process
+        runs."""
         for h in self.items:
             index = h.split_batch(index)
         return index
 
     def end_epoch(self, model, sums: list) -> list:
+        """`sums` passed through each hook's `end_epoch` in order; returns the result."""
         for h in self.items:
             sums = h.end_epoch(model, sums)
         return sums
 
     def call(self, point: str, *args) -> None:
+        """Call hook point `point` (a method name) of every hook in order with `args`. Returns
+        None."""
         for h in self.items:
             getattr(h, point)(*args)
 
     def call_reversed(self, point: str, *args) -> None:
+        """Call hook point `point` of every hook in reverse order (for the closing `after_*`) with
+        `args`. Returns None."""
         for h in reversed(self.items):
             getattr(h, point)(*args)
 
@@ -195,6 +227,7 @@ def add_model_watcher(watcher) -> None:
 
 
 def remove_model_watcher(watcher) -> None:
+    """Stop calling `watcher` (added by `add_model_watcher`); no-op if absent. Returns None."""
     with _GLOBAL_LOCK:
         if watcher in _GLOBAL_WATCHERS:
             _GLOBAL_WATCHERS.remove(watcher)
@@ -217,7 +250,9 @@ class StepTimer(StepHooks):
         self._t0 = 0.0
 
     def begin_step(self, model, n_local, n_global):
+        """Start the step's clock."""
         self._t0 = time.perf_counter()
 
     def end_step(self, model):
+        """Append the step's wall time (seconds) to `times`."""
         self.times.append(time.perf_counter() - self._t0)

@@ -15,6 +15,8 @@ from .errors import unknown
 
 
 def fans(shape: tuple) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight of `shape`: (1, 1) for a scalar, (n, n) for a vector, (in, out)
+    for a matrix, in/out times the receptive field for a conv kernel."""
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -26,32 +28,39 @@ def fans(shape: tuple) -> tuple[int, int]:
 
 
 def zeros(rng, shape, fan):
+    """Zeros of `shape` (`rng` and `fan` unused)."""
     return np.zeros(shape)
 
 
 def ones(rng, shape, fan):
+    """Ones of `shape` (`rng` and `fan` unused)."""
     return np.ones(shape)
 
 
 def glorot_uniform(rng, shape, fan):
+    """U(-l, l) of `shape` from `rng`, l = sqrt(6 / (fan_in + fan_out))."""
     limit = math.sqrt(6.0 / (fan[0] + fan[1]))
     return rng.uniform(-limit, limit, size=shape)
 
 
 def glorot_normal(rng, shape, fan):
+    """N(0, 2 / (fan_in + fan_out)) of `shape` from `rng`."""
     return rng.standard_normal(shape) * math.sqrt(2.0 / (fan[0] + fan[1]))
 
 
 def he_uniform(rng, shape, fan):
+    """U(-l, l) of `shape` from `rng`, l = sqrt(6 / fan_in) (ReLU layers)."""
     limit = math.sqrt(6.0 / fan[0])
     return rng.uniform(-limit, limit, size=shape)
 
 
 def he_normal(rng, shape, fan):
+    """N(0, 2 / fan_in) of `shape` from `rng` (ReLU layers)."""
     return rng.standard_normal(shape) * math.sqrt(2.0 / fan[0])
 
 
 def lecun_uniform(rng, shape, fan):
+    """U(-l, l) of `shape` from `rng`, l = sqrt(3 / fan_in)."""
     limit = math.sqrt(3.0 / fan[0])
     return rng.uniform(-limit, limit, size=shape)
 
@@ -92,6 +101,8 @@ def get(name):
 
 
 def initialize(spec, rng) -> np.ndarray:
+    """The initial value of parameter `spec` (its shape, fan and initializer) drawn from `rng`: a
+    float64 array; ValueError if the initializer returns another shape."""
     fan = spec.fan or fans(tuple(spec.shape))
     value = np.asarray(get(spec.initializer)(rng, tuple(spec.shape), fan), dtype=np.float64)
     if value.shape != tuple(spec.shape):

@@ -9,6 +9,7 @@ from .errors import unknown
 
 
 class L1L2:
+    """An L1 and L2 weight penalty: l1 * sum|W| + l2 * sum W^2 (`l1`, `l2` >= 0)."""
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
         for arg, v in (("l1", l1), ("l2", l2)):
             if not isinstance(v, (int, float)) or v < 0:
@@ -16,12 +17,16 @@ class L1L2:
         self.l1, self.l2 = float(l1), float(l2)
 
     def penalty(self, ops, W):
+        """The penalty of weights `W`, computed by backend `ops`."""
         return ops.l1_l2_penalty(W, self.l1, self.l2)
 
     def add_grad(self, ops, grad, W) -> None:
+        """Add the penalty's gradient with respect to `W` to `grad`, in place, with backend `ops`.
+        Returns None."""
         ops.add_l1_l2_grad(grad, W, self.l1, self.l2)
 
     def get_config(self) -> dict:
+        """{'l1': ..., 'l2': ...}, for checkpoints (`get` takes it back)."""
         return {"l1": self.l1, "l2": self.l2}
 
     def __repr__(self) -> str:
@@ -29,10 +34,12 @@ class L1L2:
 
 
 def L1(l1: float = 0.01) -> L1L2:  # noqa: N802 - Keras' spelling
+    """An L1 penalty of weight `l1`: `L1L2(l1=l1)`."""
     return L1L2(l1=l1)
 
 
 def L2(l2: float = 0.01) -> L1L2:  # noqa: N802
+    """An L2 penalty of weight `l2`: `L1L2(l2=l2)`."""
     return L1L2(l2=l2)
 
 
@@ -51,4 +58,5 @@ def get(value):
 
 
 def to_config(reg):
+    """`reg.get_config()`, or None for no regularizer."""
     return None if reg is None else reg.get_config()

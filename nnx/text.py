@@ -54,6 +54,7 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of distinct characters (needs a fitted tokenizer)."""
         self._require_fitted("vocab_size")
         return len(self.chars)
 

@@ -56,6 +56,8 @@ class Request:
         return self.done or self._test is None or bool(self._test())
 
     def wait(self):
+        """Block until the transfer is done and finalize it (unpack, divide for a mean); idempotent.
+        Returns self."""
         if not self.done:
             if self._wait is not None:
                 self._wait()
@@ -88,6 +90,7 @@ class Communicator:
 
     @property
     def is_chief(self) -> bool:
+        """True on rank 0 (the process that prints and writes)."""
         return self.rank == 0
 
     def __repr__(self):
@@ -110,20 +113,28 @@ class Communicator:
         return obj
 
     def allgather(self, obj) -> list:
+        """Every rank's `obj` (picklable), as a list in rank order, on every rank."""
         return [obj]
 
     def gather(self, obj, root: int = 0):
+        """Every rank's `obj` (picklable) as a list in rank order on rank `root`; None on the other
+        ranks."""
         return [obj]
 
     def barrier(self) -> None:
+        """Block until every rank has reached it. Returns None."""
         pass
 
     def abort(self, code: int = 1) -> None:
+        """End the whole job with exit status `code` (flushes stdout/stderr first); does not
+        return."""
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
     def dup(self) -> Communicator:
+        """A communicator over the same ranks with its own message space (for a world of one,
+        self)."""
         return self
 
     timeout = None  # the collective timeout in seconds (a world of one never waits)
@@ -166,6 +177,11 @@ class Communicator:
         return Request(wait=req.wait, test=req.test, finalize=finalize, keep=low)
 
     def allreduce(self, x, op: str = "sum", inplace: bool = False, compression=None):
+        """Reduce `x` over all ranks with `op` (sum, mean, max, min). `x`: a number, an array (NumPy
+        or CuPy, through its buffer) or a list/tuple of them (packed into one buffer).
+        `inplace=True` writes the result into the arrays of `x`; `compression` (fp16/bf16, float
+        arrays, sum/mean) halves the bytes sent. Returns the result (a new value unless in place;
+        a mean of integers is float)."""
         check_op(op)
         if isinstance(x, (list, tuple)):
             return self._allreduce_list(x, op, inplace, compression)
@@ -243,6 +259,9 @@ class Communicator:
         return out if isinstance(items, list) else tuple(out)
 
     def bcast(self, x, root: int = 0):
+        """Rank `root`'s `x` on every rank: arrays are broadcast through their buffer into `x` (or a
+        new array when `x` does not fit, e.g. None); anything else is pickled. Returns the root's
+        value."""
         if self.size == 1:
             return x
         is_root = self.rank == root

@@ -108,6 +108,7 @@ class DataParallel(StepHooks):
 
     @property
     def is_chief(self) -> bool:
+        """True on rank 0 of the communicator."""
         return self.comm.rank == 0
 
     @property
@@ -184,9 +185,12 @@ class DataParallel(StepHooks):
             self._uniform_samples = all(s == shapes[0] for s in shapes)
 
     def end_fit(self, model) -> None:
+        """Forget whether the fit's samples have one shape on every rank."""
         self._uniform_samples = False
 
     def split_batch(self, index):
+        """This rank's contiguous share of the global batch `index` (replicated data); with sharded
+        data or one rank, `index` unchanged."""
         size = self.comm.size
         if size == 1 or self.data == "sharded":
             return index
@@ -194,6 +198,8 @@ class DataParallel(StepHooks):
         return index[(n * rank) // size:(n * (rank + 1)) // size]
 
     def begin_step(self, model, n_local, n_global) -> None:
+        """Set this rank's gradient weight (n_local / n_global for replicated data, else 1 / size),
+        tell the SyncBatchNorm context, reset the buckets."""
         size = self.comm.size
         if size == 1:
             self._weight = 1.0
@@ -229,6 +235,8 @@ class DataParallel(StepHooks):
                 self.after_leaf_backward(leaf)
 
     def after_leaf_backward(self, layer) -> None:
+        """With overlap: count `layer`'s backward in its gradient bucket and start the allreduce of
+        every bucket that is complete, in order."""
         if not self._in_step:
             return
         b = self._bucket_of.get(id(layer))
@@ -253,6 +261,8 @@ class DataParallel(StepHooks):
             self._next += 1
 
     def before_update(self, model, grads) -> None:
+        """Average `grads` over ranks, weighted by each rank's share (waiting for the overlapped
+        buckets, or one allreduce); time it in `stats['comm_s']`."""
         comm = self.comm
         if comm.size == 1:
             return
@@ -272,9 +282,11 @@ class DataParallel(StepHooks):
         self.stats["comm_s"] += time.perf_counter() - t0
 
     def after_update(self, model) -> None:
+        """Count the step in `stats['steps']`."""
         self.stats["steps"] += 1
 
     def end_step(self, model) -> None:
+        """Leave the step: clear the weight (also in the SyncBatchNorm context)."""
         self._in_step = False
         self._weight = None
         if self.sync_context is not None:
@@ -352,6 +364,7 @@ class DistributedOptimizer(optim_mod.Optimizer):
 
     @property
     def step(self):
+        """The wrapped optimizer's step count (settable)."""
         return self.optimizer.step
 
     @step.setter
@@ -360,6 +373,7 @@ class DistributedOptimizer(optim_mod.Optimizer):
 
     @property
     def state(self):
+        """The wrapped optimizer's state (settable)."""
         return self.optimizer.state
 
     @state.setter
@@ -368,6 +382,7 @@ class DistributedOptimizer(optim_mod.Optimizer):
 
     @property
     def ops(self):
+        """The wrapped optimizer's ops, or None (settable)."""
         return getattr(self.optimizer, "ops", None)
 
     @ops.setter
@@ -384,14 +399,20 @@ class DistributedOptimizer(optim_mod.Optimizer):
         return getattr(self.__dict__["optimizer"], name)
 
     # -- the strategy's settings and figures ----------------------------------------------------
-    comm = property(lambda self: self.strategy.comm)
-    data = property(lambda self: self.strategy.data)
-    overlap = property(lambda self: self.strategy.overlap)
-    bucket_mb = property(lambda self: self.strategy.bucket_mb)
-    compression = property(lambda self: self.strategy.compression)
-    resync = property(lambda self: self.strategy.resync)
-    stats = property(lambda self: self.strategy.stats)
-    is_chief = property(lambda self: self.strategy.is_chief)
+    comm = property(lambda self: self.strategy.comm, doc="The strategy's communicator.")
+    data = property(lambda self: self.strategy.data,
+                    doc="'replicated' or 'sharded': how the ranks' data is split.")
+    overlap = property(lambda self: self.strategy.overlap,
+                       doc="Whether gradient allreduces overlap the backward pass.")
+    bucket_mb = property(lambda self: self.strategy.bucket_mb,
+                         doc="The size of an overlapped gradient bucket, in MB.")
+    compression = property(lambda self: self.strategy.compression,
+                           doc="The gradient compression (None, 'fp16' or 'bf16').")
+    resync = property(lambda self: self.strategy.resync,
+                      doc="Whether parameters are re-broadcast at epoch end if they drifted.")
+    stats = property(lambda self: self.strategy.stats,
+                     doc="The strategy's figures: steps, comm_s, bytes_per_step, buckets, ...")
+    is_chief = property(lambda self: self.strategy.is_chief, doc="True on rank 0.")
 
     def __repr__(self):
         s = self.strategy

@@ -65,6 +65,8 @@ class Residual(Layer):
         return decode.init_state(self.block, batch, capacity)
 
     def decode_step(self, x, state):
+        """One decoding step of the block on `x` with `state`; returns (x + y, the block's new
+        state)."""
         y, state = decode.step(self.block, x, state)
         return x + y, state
 
@@ -168,6 +170,8 @@ class Parallel(Layer):
         return tuple(decode.init_state(b, batch, capacity) for b in self.branches)
 
     def decode_step(self, x, states):
+        """One decoding step of every branch on `x` (`states`: their tuple); returns (the merged
+        outputs, the new tuple)."""
         outs, new = [], []
         for branch, state in zip(self.branches, states, strict=True):
             y, state = decode.step(branch, x, state)

@@ -67,9 +67,13 @@ class Chain(Layer):
 
     # -- incremental decoding (nnx.layers.decode): a tuple of the children's states --------
     def init_decode_state(self, batch, capacity):
+        """Incremental decoding: a tuple of the layers' states for `batch` sequences of up to
+        `capacity` positions (see nnx.layers.decode)."""
         return tuple(decode.init_state(layer, batch, capacity) for layer in self.layers)
 
     def decode_step(self, x, states):
+        """`x` (the next positions) through each layer's decode step with its state in `states`;
+        returns (the output, the new tuple of states)."""
         new = []
         for layer, state in zip(self.layers, states, strict=True):
             x, state = decode.step(layer, x, state)

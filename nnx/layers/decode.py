@@ -60,9 +60,11 @@ class PositionwiseDecode:
     decode step is the inference call on the chunk (so it costs what `forward` costs)."""
 
     def init_decode_state(self, batch: int, capacity: int):
+        """No state is needed: returns None (`batch`, `capacity` unused)."""
         return None
 
     def decode_step(self, x, state):
+        """The inference call on the chunk `x`; returns (its output, `state` unchanged)."""
         return self.call(x, False)[0], state
 
 

@@ -65,6 +65,7 @@ class PositionalEmbedding(Layer):
         return self.max_len
 
     def init_decode_state(self, batch, capacity):
+        """The state is the next position: returns 0."""
         return 0
 
     def decode_step(self, x, pos):

@@ -49,6 +49,7 @@ class SyncContext:
         self.n_local, self.n_global = n_local, n_global
 
     def rank_weight(self) -> float:
+        """This process's share of the step's global batch: `weight`, or 1 / size outside a step."""
         return self.weight if self.weight is not None else 1.0 / self.comm.size
 
     def global_count(self, local_count: int) -> int | None:

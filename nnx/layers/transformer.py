@@ -107,6 +107,7 @@ class TransformerEncoderBlock(Layer):
         return decode.init_state(self.body, batch, capacity)
 
     def decode_step(self, x, state):
+        """One decoding step of the body on `x` with `state`; returns (y, the new state)."""
         return decode.step(self.body, x, state)
 
     def output_shape(self, input_shape):

@@ -189,10 +189,13 @@ class Profiler:
 
     @property
     def gemm_shapes(self) -> dict:
+        """(ops key, m, k, n, trans_a, trans_b) -> calls, summed over threads."""
         return self.timer.gemm_shapes()
 
     @property
     def sync_points(self) -> int:
+        """The number of host-device syncs (to_float / to_host / synchronize) recorded, over all
+        threads."""
         return self.timer.sync_points()
 
     @property
@@ -202,6 +205,7 @@ class Profiler:
 
     @property
     def dropped_events(self) -> int:
+        """Trace events not kept because `max_events` was reached."""
         return self.timer.dropped_events
 
     @property

@@ -52,34 +52,43 @@ class ProfilerHooks(StepHooks):
 
     # -- leaves -------------------------------------------------------------------------------
     def before_leaf_forward(self, layer) -> None:
+        """Open the region 'layer:<name> forward'."""
         self.timer.open((id(layer), 0), self._layer_names(layer)[0], "layer", self.sync,
                         self.nvtx)
 
     def after_leaf_forward(self, layer) -> None:
+        """Close the layer's forward region."""
         self.timer.close((id(layer), 0), self.sync)
 
     def before_leaf_backward(self, layer) -> None:
+        """Open the region 'layer:<name> backward'."""
         self.timer.open((id(layer), 1), self._layer_names(layer)[1], "layer", self.sync,
                         self.nvtx)
 
     def after_leaf_backward(self, layer) -> None:
+        """Close the layer's backward region."""
         self.timer.close((id(layer), 1), self.sync)
 
     # -- loss and update ----------------------------------------------------------------------
     def before_loss(self, model) -> None:
+        """Open the region 'loss:<name>'."""
         loss = model.loss
         self.timer.open(_LOSS, f"loss:{getattr(loss, 'name', type(loss).__name__)}", "loss",
                         self.sync, self.nvtx)
 
     def after_loss(self, model) -> None:
+        """Close the loss region."""
         self.timer.close(_LOSS, self.sync)
 
     def before_update(self, model, grads) -> None:
+        """Open the region 'optimizer:<class> update'."""
         self.timer.open(_UPDATE, f"optimizer:{type(model.optimizer).__name__} update",
                         "optimizer", self.sync, self.nvtx)
 
     def after_update(self, model) -> None:
+        """Close the update region."""
         self.timer.close(_UPDATE, self.sync)
 
     def end_step(self, model) -> None:
+        """Drop the regions a step that raised left open."""
         self.timer.drop_open()
