@@ -223,3 +223,12 @@ def test_checkpoint_and_training(tmp_path, backend, rng):
     model.save(path)
     loaded = nnx.load(path, backend=backend)
     np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_shared_conv_base_is_not_a_rebuildable_layer():
+    """ConvBase holds what Conv1D and Conv2D share; a checkpoint cannot name it."""
+    from nnx.layers import LAYER_CLASSES
+    from nnx.layers.conv_base import ConvBase
+
+    assert issubclass(nnx.Conv1D, ConvBase) and issubclass(nnx.Conv2D, ConvBase)
+    assert "ConvBase" not in LAYER_CLASSES and "Conv1D" in LAYER_CLASSES

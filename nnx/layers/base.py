@@ -91,9 +91,10 @@ class ParamSpec:
 class Layer:
     """Base class of every layer (and of containers such as `Chain`)."""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYER_CLASSES[cls.__name__] = cls
+        if not abstract:  # a shared base (class X(Layer, abstract=True)) is not rebuildable
+            LAYER_CLASSES[cls.__name__] = cls
 
     def __init__(self, name: str | None = None):
         kind = _snake(type(self).__name__)

@@ -9,17 +9,12 @@ layers (`pool1d_base.py`).
 
 from __future__ import annotations
 
-from .. import regularizers
 from ..errors import ShapeError
-from ..initializers import get as get_initializer
 from ..kernels.reference_conv import out_size
-from .activations import check_activation
-from .base import Layer, ParamSpec
+from .base import Layer
 from .conv2d import same_pads
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+from .conv_base import ConvBase
+from .conv_base import is_int as _is_int
 
 
 def positive_int(layer: Layer, arg: str, v) -> int:
@@ -84,7 +79,7 @@ def window_length(layer: Layer, shape: tuple, extent: int, pads: tuple[int, int]
     return out_size(L, extent, stride, left, right)
 
 
-class Conv1D(Layer):
+class Conv1D(ConvBase):
     """1-D convolution over channels-first sequences: y = act(conv(x, W) + b), x (N, C, L) ->
     y (N, out_channels, L_out), as PyTorch's nn.Conv1d (Keras's Conv1D is channels-last: put a
     `Reshape`/transpose in front, or feed (N, C, L)).
@@ -103,8 +98,6 @@ class Conv1D(Layer):
     Computed through the backend's conv2d kernels on an (N, C, 1, L) view, so it inherits their
     speed and their tests."""
 
-    inferable = "in_channels"
-
     def __init__(
         self,
         in_channels: int | None,
@@ -121,33 +114,18 @@ class Conv1D(Layer):
         bias_regularizer=None,
         name: str | None = None,
     ):
-        super().__init__(name)
-        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if (v is not None or arg == "out_channels") and (not _is_int(v) or v < 1):
-                raise ValueError(f"Conv1D {self.name!r}: {arg} must be a positive int, got {v!r}"
-                                 + (" (or None: inferred)" if arg == "in_channels" else ""))
-        self.in_channels, self.out_channels = in_channels, out_channels
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         use_bias, activation, kernel_initializer, bias_initializer,
+                         kernel_regularizer, bias_regularizer, name)
+
+    def _parse_geometry(self, kernel_size, stride, padding, dilation):
         self.kernel_size = positive_int(self, "kernel_size", kernel_size)
         self.stride = positive_int(self, "stride", stride)
         self.dilation = positive_int(self, "dilation", dilation)
         self.padding = padding1d_spec(self, padding)
-        self.use_bias = bool(use_bias)
-        self.activation = check_activation(activation, f"activation of Conv1D {self.name!r}")
-        if isinstance(kernel_initializer, str) or kernel_initializer is None:
-            get_initializer(kernel_initializer or "he_uniform")  # fail early on a bad name
-        self.kernel_initializer = kernel_initializer or "he_uniform"
-        self.bias_initializer = bias_initializer
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
 
-    def param_specs(self):
-        self._require_sizes()
-        specs = [ParamSpec("W", (self.out_channels, self.in_channels, self.kernel_size),
-                           self.kernel_initializer, self.kernel_regularizer)]
-        if self.use_bias:
-            specs.append(ParamSpec("b", (self.out_channels,), self.bias_initializer,
-                                   self.bias_regularizer))
-        return specs
+    def _kernel_shape(self):
+        return (self.kernel_size,)
 
     # -- geometry -------------------------------------------------------------------------
     def _geometry(self, shape: tuple) -> tuple[tuple[int, int], int]:
@@ -167,20 +145,7 @@ class Conv1D(Layer):
         check_sequence(self, (None, *input_shape), None, "in_channels")
         return int(input_shape[0])
 
-    def set_input_size(self, value):
-        self.in_channels = value
-
     # -- computation ----------------------------------------------------------------------
-    def output_activation(self):
-        return self.activation
-
-    def call(self, x, training):
-        return self._conv(x, self.activation)
-
-    def call_logits(self, x, training):
-        """conv(x, W) + b, before the activation."""
-        return self._conv(x, "identity")
-
     def _conv(self, x, activation):
         pads, _ = self._geometry(tuple(x.shape))
         N, C, L = x.shape
@@ -209,7 +174,6 @@ class Conv1D(Layer):
         return y, backprop
 
     def get_config(self):
-        init = self.kernel_initializer
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
@@ -217,12 +181,5 @@ class Conv1D(Layer):
             "stride": self.stride,
             "padding": padding1d_config(self.padding),
             "dilation": self.dilation,
-            "use_bias": self.use_bias,
-            "activation": self.activation,
-            "kernel_initializer": init if isinstance(init, str) else "he_uniform",
-            "bias_initializer": self.bias_initializer
-            if isinstance(self.bias_initializer, str) else "zeros",
-            "kernel_regularizer": regularizers.to_config(self.kernel_regularizer),
-            "bias_regularizer": regularizers.to_config(self.bias_regularizer),
-            "name": self.name,
+            **self._common_config(),
         }

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from .. import regularizers
 from ..errors import ShapeError
-from ..initializers import get as get_initializer
 from ..kernels.reference_conv import out_size
-from .activations import check_activation
-from .base import Layer, ParamSpec
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+from .base import Layer
+from .conv_base import ConvBase
+from .conv_base import is_int as _is_int
 
 
 def positive_pair(layer: Layer, arg: str, v) -> tuple[int, int]:
@@ -96,7 +91,7 @@ def check_window(layer: Layer, shape: tuple, extent: tuple, pads, what: str) -> 
     return out_size(H, extent[0], sh, pt, pb), out_size(W, extent[1], sw, pl, pr)
 
 
-class Conv2D(Layer):
+class Conv2D(ConvBase):
     """2-D convolution over NCHW inputs: y = act(conv(x, W) + b).
 
     - W of shape (out_channels, in_channels, kh, kw), b of shape (out_channels,);
@@ -108,8 +103,6 @@ class Conv2D(Layer):
     - `in_channels=None`: inferred from the input shape when the model is built (as Keras's
       Conv2D(filters, kernel_size)).
     """
-
-    inferable = "in_channels"
 
     def __init__(
         self,
@@ -127,34 +120,18 @@ class Conv2D(Layer):
         bias_regularizer=None,
         name: str | None = None,
     ):
-        super().__init__(name)
-        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if (v is not None or arg == "out_channels") and (not _is_int(v) or v < 1):
-                raise ValueError(f"Conv2D {self.name!r}: {arg} must be a positive int, got {v!r}"
-                                 + (" (or None: inferred)" if arg == "in_channels" else ""))
-        self.in_channels, self.out_channels = in_channels, out_channels
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         use_bias, activation, kernel_initializer, bias_initializer,
+                         kernel_regularizer, bias_regularizer, name)
+
+    def _parse_geometry(self, kernel_size, stride, padding, dilation):
         self.kernel_size = positive_pair(self, "kernel_size", kernel_size)
         self.stride = positive_pair(self, "stride", stride)
         self.dilation = positive_pair(self, "dilation", dilation)
         self.padding = padding_spec(self, padding)
-        self.use_bias = bool(use_bias)
-        self.activation = check_activation(activation, f"activation of Conv2D {self.name!r}")
-        if isinstance(kernel_initializer, str) or kernel_initializer is None:
-            get_initializer(kernel_initializer or "he_uniform")  # fail early on a bad name
-        self.kernel_initializer = kernel_initializer or "he_uniform"
-        self.bias_initializer = bias_initializer
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
 
-    def param_specs(self):
-        self._require_sizes()
-        kh, kw = self.kernel_size
-        specs = [ParamSpec("W", (self.out_channels, self.in_channels, kh, kw),
-                           self.kernel_initializer, self.kernel_regularizer)]
-        if self.use_bias:
-            specs.append(ParamSpec("b", (self.out_channels,), self.bias_initializer,
-                                   self.bias_regularizer))
-        return specs
+    def _kernel_shape(self):
+        return self.kernel_size
 
     # -- geometry -------------------------------------------------------------------------
     def _extent(self) -> tuple[int, int]:
@@ -181,20 +158,7 @@ class Conv2D(Layer):
         check_image(self, (None, *input_shape), None, "in_channels")
         return int(input_shape[0])
 
-    def set_input_size(self, value):
-        self.in_channels = value
-
     # -- computation ----------------------------------------------------------------------
-    def output_activation(self):
-        return self.activation
-
-    def call(self, x, training):
-        return self._conv(x, self.activation)
-
-    def call_logits(self, x, training):
-        """conv(x, W) + b, before the activation."""
-        return self._conv(x, "identity")
-
     def _conv(self, x, activation):
         pads, _ = self._geometry(tuple(x.shape))
         W = self.params["W"]
@@ -217,7 +181,6 @@ class Conv2D(Layer):
         return y, backprop
 
     def get_config(self):
-        init = self.kernel_initializer
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
@@ -225,12 +188,5 @@ class Conv2D(Layer):
             "stride": list(self.stride),
             "padding": padding_config(self.padding),
             "dilation": list(self.dilation),
-            "use_bias": self.use_bias,
-            "activation": self.activation,
-            "kernel_initializer": init if isinstance(init, str) else "he_uniform",
-            "bias_initializer": self.bias_initializer
-            if isinstance(self.bias_initializer, str) else "zeros",
-            "kernel_regularizer": regularizers.to_config(self.kernel_regularizer),
-            "bias_regularizer": regularizers.to_config(self.bias_regularizer),
-            "name": self.name,
+            **self._common_config(),
         }
