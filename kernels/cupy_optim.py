@@ -27,6 +27,11 @@ def adam_scalars(step: int, lr: float, beta1: float, beta2: float, weight_decay:
     return lr / bc1, math.sqrt(1.0 - beta2**step), 1.0 - lr * weight_decay
 
 
+
+def _lr_only(_step, rate):
+    """The replay scalars of an optimizer whose only step-dependent value is its rate."""
+    return (rate, 0.0, 0.0)
+
 class OptimizerMixin:
     """The fused optimizer updates of CupyOps (mixed in before `Ops`). Uses `_k`, `_scope`,
     `max_grid`, `_dummy` and the loss-scale state of MixedPrecisionMixin."""
@@ -76,6 +81,19 @@ class OptimizerMixin:
             return self._dummy[numpy.dtype(numpy.float64)], 0
         return rec.hyper_buffer(3, compute, step, lr), 1
 
+    def _launch_update(self, kernel: str, params, grads, args: tuple, compute, step: int, lr):
+        """One fused optimizer launch on the Ops' device, between the loss-scale overflow check
+        and the dynamic loss-scale update. `args` are the kernel's arguments before the shared
+        tail (loss scale, overflow flag, hyper buffer, use_hyper); `compute(step, lr)` gives the
+        step-dependent scalars a replayed CUDA graph reads (see `_hyper`)."""
+        with self._scope():
+            self._begin_update(grads)
+            if params.size:
+                hyper, use_hyper = self._hyper(compute, step, lr)
+                self._k(kernel)(_grid(params.size, self.max_grid), BLOCK, *args,
+                                self._loss_scale, self._found_inf, hyper, use_hyper)
+            self._end_update()
+
     def sgd_update(
         self,
         params,
@@ -94,29 +112,11 @@ class OptimizerMixin:
         if variant is None:
             self._no_fused_update("sgd_update")
             return super().sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay)
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                vel = velocity if momentum else self._dummy[numpy.dtype(params.dtype)]
-                # SGD has no step counter: a replay's step only selects its lr
-                hyper, use_hyper = self._hyper(lambda _s, rate: (rate, 0.0, 0.0), 0, lr)
-                self._k("nnx_sgd_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    vel,
-                    params.size,
-                    float(lr),
-                    float(momentum),
-                    int(bool(nesterov)),
-                    float(weight_decay),
-                    self._loss_scale,
-                    self._found_inf,
-                    hyper,
-                    use_hyper,
-                )
-            self._end_update()
+        vel = velocity if momentum else self._dummy[numpy.dtype(params.dtype)]
+        args = (params, grads, vel, params.size, float(lr), float(momentum), int(bool(nesterov)),
+                float(weight_decay))
+        # SGD has no step counter: a replay's step only selects its lr
+        self._launch_update("nnx_sgd_" + variant, params, grads, args, _lr_only, 0, lr)
         return None
 
     def adam_update(
@@ -142,36 +142,13 @@ class OptimizerMixin:
                 params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled
             )
         lr_bc1, bc2_sqrt, decay = adam_scalars(step, lr, beta1, beta2, weight_decay)
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                hyper, use_hyper = self._hyper(
-                    lambda s, rate: adam_scalars(s, rate, beta1, beta2, weight_decay), step, lr
-                )
-                self._k("nnx_adam_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    m,
-                    v,
-                    params.size,
-                    float(lr_bc1),
-                    float(beta1),
-                    1.0 - beta1,
-                    float(beta2),
-                    1.0 - beta2,
-                    float(bc2_sqrt),
-                    float(eps),
-                    float(weight_decay),
-                    float(decay),
-                    int(bool(weight_decay and decoupled)),
-                    self._loss_scale,
-                    self._found_inf,
-                    hyper,
-                    use_hyper,
-                )
-            self._end_update()
+        args = (params, grads, m, v, params.size, float(lr_bc1), float(beta1), 1.0 - beta1,
+                float(beta2), 1.0 - beta2, float(bc2_sqrt), float(eps), float(weight_decay),
+                float(decay), int(bool(weight_decay and decoupled)))
+        self._launch_update(
+            "nnx_adam_" + variant, params, grads, args,
+            lambda s, rate: adam_scalars(s, rate, beta1, beta2, weight_decay), step, lr,
+        )
         return None
 
     def rmsprop_update(
@@ -201,33 +178,12 @@ class OptimizerMixin:
             self._no_fused_update("rmsprop_update")
             return super().rmsprop_update(params, grads, square_avg, grad_avg, momentum_buffer,
                                           lr, alpha, eps, weight_decay, momentum, centered)
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                dummy = self._dummy[numpy.dtype(params.dtype)]
-                hyper, use_hyper = self._hyper(lambda _s, rate: (rate, 0.0, 0.0), 0, lr)
-                self._k("nnx_rmsprop_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    square_avg,
-                    grad_avg if centered else dummy,
-                    momentum_buffer if momentum else dummy,
-                    params.size,
-                    float(lr),
-                    float(alpha),
-                    1.0 - alpha,
-                    float(eps),
-                    float(weight_decay),
-                    float(momentum),
-                    int(bool(centered)),
-                    self._loss_scale,
-                    self._found_inf,
-                    hyper,
-                    use_hyper,
-                )
-            self._end_update()
+        dummy = self._dummy[numpy.dtype(params.dtype)]
+        args = (params, grads, square_avg, grad_avg if centered else dummy,
+                momentum_buffer if momentum else dummy, params.size, float(lr), float(alpha),
+                1.0 - alpha, float(eps), float(weight_decay), float(momentum),
+                int(bool(centered)))
+        self._launch_update("nnx_rmsprop_" + variant, params, grads, args, _lr_only, 0, lr)
         return None
 
     def adagrad_update(
@@ -252,26 +208,9 @@ class OptimizerMixin:
         def decayed(s, rate):
             return (rate / (1.0 + (s - 1) * lr_decay), 0.0, 0.0)
 
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                hyper, use_hyper = self._hyper(decayed, step, lr)
-                self._k("nnx_adagrad_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    state_sum,
-                    params.size,
-                    float(decayed(step, lr)[0]),
-                    float(eps),
-                    float(weight_decay),
-                    self._loss_scale,
-                    self._found_inf,
-                    hyper,
-                    use_hyper,
-                )
-            self._end_update()
+        args = (params, grads, state_sum, params.size, float(decayed(step, lr)[0]), float(eps),
+                float(weight_decay))
+        self._launch_update("nnx_adagrad_" + variant, params, grads, args, decayed, step, lr)
         return None
 
     def adadelta_update(
@@ -291,27 +230,7 @@ class OptimizerMixin:
             self._no_fused_update("adadelta_update")
             return super().adadelta_update(params, grads, square_avg, acc_delta, lr, rho, eps,
                                            weight_decay)
-        with self._scope():
-            self._begin_update(grads)
-            if params.size:
-                hyper, use_hyper = self._hyper(lambda _s, rate: (rate, 0.0, 0.0), 0, lr)
-                self._k("nnx_adadelta_" + variant)(
-                    _grid(params.size, self.max_grid),
-                    BLOCK,
-                    params,
-                    grads,
-                    square_avg,
-                    acc_delta,
-                    params.size,
-                    float(lr),
-                    float(rho),
-                    1.0 - rho,
-                    float(eps),
-                    float(weight_decay),
-                    self._loss_scale,
-                    self._found_inf,
-                    hyper,
-                    use_hyper,
-                )
-            self._end_update()
+        args = (params, grads, square_avg, acc_delta, params.size, float(lr), float(rho),
+                1.0 - rho, float(eps), float(weight_decay))
+        self._launch_update("nnx_adadelta_" + variant, params, grads, args, _lr_only, 0, lr)
         return None
