@@ -7,8 +7,11 @@
 
 Each test is one (case, target) pair; `benchmark.group` is the case, so the backends of one case
 sit side by side in pytest-benchmark's table; `extra_info` holds FLOPs, bytes and the suite.
-Targets: every available nnx backend, plus torch (CPU, and CUDA when available) when PyTorch is
-importable; NNX_BENCH_BACKENDS="numpy numba" restricts them. Unlike `nnx bench`, pytest-benchmark
+Targets: every available nnx backend; NNX_BENCH_BACKENDS="numpy numba" restricts them. PyTorch
+runs here only when NNX_BENCH_BACKENDS names it ("torch", "torch-cuda"), and then in this
+process, next to nnx: which runtime a process loads first changes its thread pools (torch
+imported before nnx once made the numba step 2.3-3.2x slower), so the comparisons with PyTorch
+that the project reports come from `nnx bench`, which runs torch in a worker process of its own. Unlike `nnx bench`, pytest-benchmark
 times one target after the other (no interleaving): on a host that migrates vCPUs, prefer
 `nnx bench` for speed-ups.
 """
@@ -33,7 +36,8 @@ def _targets():
     from nnx.bench import Target, available_targets, machine
 
     wanted = os.environ.get("NNX_BENCH_BACKENDS", "").split() or None
-    names, _skipped = available_targets(wanted)
+    torch = bool(wanted) and any(w.startswith("torch") for w in wanted)
+    names, _skipped = available_targets(wanted, torch=torch)
     targets = {n: Target(n) for n in names}
     threads = os.environ.get("NNX_BENCH_THREADS")
     machine.set_threads(int(threads) if threads else None,

@@ -5,6 +5,7 @@ report gives the medians of those per-round ratios, over all rounds and over the
 
     .venv/bin/python tools/measure_procs.py import-order       # torch imported first or not
     .venv/bin/python tools/measure_procs.py torch              # nnx numba/numpy vs PyTorch
+    .venv/bin/python tools/measure_procs.py torch --model cnn  # the zoo CNN's step (or lstm)
     .venv/bin/python tools/measure_procs.py busy               # with one competing busy process
     .venv/bin/python tools/measure_procs.py shared-runtime     # one OpenMP runtime, loaded first
     .venv/bin/python tools/measure_procs.py blas-timeout       # OPENBLAS_THREAD_TIMEOUT honoured?
@@ -20,9 +21,14 @@ each slice the parent sleeps `--gap` seconds so that the previous process's spin
 every slice of it, other processes (all CPUs' busy time minus the timed process's own CPU time;
 the parent and the waiting variants sleep) kept fewer than QUIET CPUs busy.
 
-The step is the MLP 784-512-256-10 (ReLU, softmax cross-entropy, Adam, batch 128, fp32):
-`model.train_step` of an nnx.Sequential, or PyTorch eager with `Adam(fused=True)` (its fastest
-Adam) or the default Adam. Threads: NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
+The step (`--model`, default mlp) is one training step at batch 128, fp32, softmax
+cross-entropy, Adam: `model.train_step` of the nnx model, or PyTorch eager with `Adam(fused=True)`
+(its fastest Adam) or the default Adam. mlp: 784-512-256-10 (ReLU) on random inputs; cnn and
+lstm: the zoo models' default builds (nnx.models.cnn, nnx.models.lstm) on the bundled MNIST
+sample's first 128 images, and for PyTorch the same architecture with the same initial weights
+(nnx.bench.suites.zoo.torch_mirror, weights copied by nnx.interop.to_torch; the torch child
+imports torch before nnx). Several models: `--model mlp cnn lstm`, one table per model and
+thread count. Threads: NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
 MKL_NUM_THREADS and torch.set_num_threads set to the same count. This parent process imports
 neither nnx nor torch, and its children get the environment the user started it with (nnx sets
 OMP_WAIT_POLICY in its own process; a child must not inherit that).
@@ -89,16 +95,33 @@ def _data(np):
     return x, y
 
 
-def _nnx_step(backend: str):
+def _zoo(model_name: str, backend):
+    """(nnx model of the zoo's default build on `backend`, x, y): the first BATCH images of the
+    bundled MNIST sample, shaped as the model takes them."""
+    from nnx import models
+    from nnx.bench.suites.zoo import inputs_for, sample_batch
+
+    zoo = models.get(model_name)
+    model = zoo.build(backend=backend, seed=0)
+    x_all, y_all = sample_batch()
+    return zoo, model, inputs_for(zoo, x_all[:BATCH]), y_all[:BATCH]
+
+
+def _nnx_step(backend: str, model_name: str = "mlp"):
     import numpy as np
 
     import nnx
 
-    layers = [nnx.Dense(SIZES[i], SIZES[i + 1], activation="relu" if i < 2 else None)
-              for i in range(3)]
-    model = nnx.Sequential(layers, backend=backend, seed=0)
-    model.compile(nnx.Adam(1e-3), "softmax_cross_entropy", [])
-    x, y = _data(np)
+    if model_name == "mlp":
+        layers = [nnx.Dense(SIZES[i], SIZES[i + 1], activation="relu" if i < 2 else None)
+                  for i in range(3)]
+        model = nnx.Sequential(layers, backend=backend, seed=0)
+        loss = "softmax_cross_entropy"
+        x, y = _data(np)
+    else:
+        zoo, model, x, y = _zoo(model_name, backend)
+        loss = zoo.LOSS
+    model.compile(nnx.Adam(1e-3), loss, [])
     if backend == "numba":
         from nnx.backends.numba import warmup
 
@@ -106,18 +129,37 @@ def _nnx_step(backend: str):
     return lambda: model.train_step(x, y)
 
 
-def _torch_step(fused: bool, threads: int):
+def _torch_model(torch, model_name: str):
+    """(nn.Module, x, y as numpy): the MLP, or the torch mirror of a zoo model with the nnx
+    build's initial weights (torch is already imported: nnx loads after it)."""
+    import numpy as np
+
+    if model_name == "mlp":
+        nn = torch.nn
+        net = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                            nn.Linear(256, 10))
+        return net, *_data(np)
+    from nnx.bench.suites.zoo import torch_mirror
+    from nnx.interop import to_torch
+
+    _zoo_mod, model, x, y = _zoo(model_name, "numpy")
+    net = torch_mirror(model, torch)
+    to_torch(model, net)
+    return net, x, y
+
+
+def _torch_step(fused: bool, threads: int, model_name: str = "mlp"):
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     nn = torch.nn
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
-                          nn.Linear(256, 10))
+    model, x, y = _torch_model(torch, model_name)
+    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-    x, y = _data(np)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -129,8 +171,9 @@ def _torch_step(fused: bool, threads: int):
     return step
 
 
-def build(what: str, threads: int):
-    """(step, info) for the variant `what`: imports in the order it names."""
+def build(what: str, threads: int, model_name: str = "mlp"):
+    """(step, info) for the variant `what` training `model_name`: imports in the order it
+    names."""
     words = what.split()
     if "torch-first" in words:
         import torch  # noqa: F401  (before nnx: the order under test)
@@ -141,7 +184,8 @@ def build(what: str, threads: int):
 
         ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
     kind, _, arg = words[-1].partition(":")
-    step = _nnx_step(arg) if kind == "nnx" else _torch_step(arg == "fused", threads)
+    step = (_nnx_step(arg, model_name) if kind == "nnx"
+            else _torch_step(arg == "fused", threads, model_name))
     info = {}
     if kind == "nnx":
         from nnx import threads as nnx_threads
@@ -151,37 +195,52 @@ def build(what: str, threads: int):
     return step, info
 
 
-def time_slice(step, seconds: float) -> dict:
-    """Run `step` for about `seconds` in batches of 5; {"median_s", "steps", "cpu_s_per_step",
-    "others_cpus"}."""
+def time_slice(step, seconds: float, group: int = 5) -> dict:
+    """Run `step` for about `seconds` in groups of `group` steps (at least 3 groups);
+    {"median_s" (of the groups' per-step times), "steps", "cpu_s_per_step", "others_cpus"}."""
     times = []
     load0, c0 = _cpu(), time.process_time()
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(times) < 3:
         t0 = time.perf_counter()
-        for _ in range(5):
+        for _ in range(group):
             step()
-        times.append((time.perf_counter() - t0) / 5)
+        times.append((time.perf_counter() - t0) / group)
     own, load1 = time.process_time() - c0, _cpu()
     wall = (load1[0] - load0[0]) / _TCK / (os.cpu_count() or 1)
     busy = (load1[0] - load0[0] - (load1[1] - load0[1])) / _TCK
-    return {"median_s": statistics.median(times), "steps": 5 * len(times),
-            "cpu_s_per_step": own / (5 * len(times)),
+    return {"median_s": statistics.median(times), "steps": group * len(times),
+            "cpu_s_per_step": own / (group * len(times)),
             "others_cpus": max(0.0, busy - own) / wall if wall > 0 else 0.0}
 
 
-def serve(what: str, threads: int) -> None:
-    """The child's loop: build and warm up, say "ready", then time one slice per "run S" line
-    read from stdin (a JSON line back each), until EOF."""
-    step, info = build(what, threads)
-    for _ in range(30):
+def warm_up(step, max_steps: int = 30, max_s: float = 3.0) -> float:
+    """Untimed steps (at least 3; at most `max_steps` or about `max_s` seconds); returns the
+    last step's seconds."""
+    t_end = time.perf_counter() + max_s
+    last = 0.0
+    for i in range(max_steps):
+        t0 = time.perf_counter()
         step()
-    print(json.dumps({"ready": True, **info}), flush=True)
+        last = time.perf_counter() - t0
+        if i >= 2 and time.perf_counter() > t_end:
+            break
+    return last
+
+
+def serve(what: str, threads: int, model_name: str = "mlp") -> None:
+    """The child's loop: build and warm up, say "ready", then time one slice per "run S" line
+    read from stdin (a JSON line back each), until EOF. Steps are timed in groups of up to 5
+    lasting about 15 ms (one step per group for steps longer than that: the CNN's)."""
+    step, info = build(what, threads, model_name)
+    per_step = warm_up(step)
+    group = max(1, min(5, int(0.015 / per_step) if per_step > 0 else 5))
+    print(json.dumps({"ready": True, "group": group, **info}), flush=True)
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")
         if cmd != "run":
             break
-        print(json.dumps(time_slice(step, float(arg))), flush=True)
+        print(json.dumps(time_slice(step, float(arg), group)), flush=True)
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -197,13 +256,14 @@ def child_env(threads: int, extra: dict, base: dict | None = None) -> dict:
 class Variant:
     """One variant's process, started once, timed slice by slice."""
 
-    def __init__(self, name: str, threads: int, base_env: dict | None = None):
+    def __init__(self, name: str, threads: int, base_env: dict | None = None,
+                 model: str = "mlp"):
         what, extra = VARIANTS[name]
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--serve", what, "--threads",
-             str(threads)], env=child_env(threads, extra, base_env), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1)
+             str(threads), "--model", model], env=child_env(threads, extra, base_env),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -213,19 +273,22 @@ class Variant:
         return json.loads(line)
 
     def slice(self, seconds: float) -> dict:
+        """Have the child time one slice of about `seconds`; its JSON reply."""
         self.proc.stdin.write(f"run {seconds}\n")
         self.proc.stdin.flush()
         return self._read()
 
     def close(self):
+        """Let the child exit (closing its stdin)."""
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
 
 
 def run_rounds(names: list[str], threads: int, rounds: int, seconds: float, gap: float = 0.15,
-               log=print, base_env: dict | None = None) -> dict:
-    """`rounds` rounds, one slice per variant each (order rotated per round); the children's
+               log=print, base_env: dict | None = None, model: str = "mlp") -> dict:
+    """`rounds` rounds, one slice per variant each (order rotated per round), every variant
+    training `model`; the children's
     environment is `base_env` (default: this process's) with the thread variables set; returns
     {"per_variant": {name: [median_s per round]}, "ratios": {name: [ratio to names[0]]},
     "others": [max CPUs others used in a slice of the round], "quiet_rounds": [...],
@@ -233,7 +296,7 @@ def run_rounds(names: list[str], threads: int, rounds: int, seconds: float, gap:
     procs = {}
     try:
         for n in names:  # started one after the other: imports do not overlap the timing
-            procs[n] = Variant(n, threads, base_env)
+            procs[n] = Variant(n, threads, base_env, model)
         per = {n: [] for n in names}
         cpu = {n: [] for n in names}
         others, quiet = [], []
@@ -271,26 +334,32 @@ def run_rounds(names: list[str], threads: int, rounds: int, seconds: float, gap:
             "cpu_ms_per_step": statistics.median(cpu[n]) * 1e3}
     return {"per_variant": per, "ratios": ratios, "others": others, "quiet_rounds": quiet,
             "summary": summary, "info": info, "threads": threads, "rounds": rounds,
-            "slice_s": seconds}
+            "slice_s": seconds, "model": model}
 
 
 def format_summary(res: dict, title: str) -> str:
+    """The table of one run_rounds result: per variant, median and best step times, CPU time
+    per step, and the per-round ratio of its time to the first variant's (median, IQR), over
+    all rounds and over the quiet ones."""
     names = list(res["summary"])
     nq = len(res["quiet_rounds"])
-    lines = [f"{title}: {res['threads']} thread(s), {res['rounds']} rounds of "
-             f"{res['slice_s']} s slices; other processes kept a median "
-             f"{statistics.median(res['others']):.2f} CPUs busy (max per round); {nq} quiet "
-             f"rounds (< {QUIET} CPUs in every slice)",
+    label = f"time / {names[0]}'s (per-round median, IQR)"
+    width = max(32, len(label))
+    lines = [f"{title} [{res.get('model', 'mlp')}]: {res['threads']} thread(s), "
+             f"{res['rounds']} rounds of {res['slice_s']} s slices; other processes kept a "
+             f"median {statistics.median(res['others']):.2f} CPUs busy (max per round); {nq} "
+             f"quiet rounds (< {QUIET} CPUs in every slice)",
              f"  {'variant':32s} {'median ms':>9s} {'best ms':>8s} {'CPU ms':>7s}  "
-             f"{'x ' + names[0] + ' (per-round median, IQR)':32s}  quiet: ms, x"]
+             f"{label:{width}s}  quiet: ms, x"]
     for n in names:
         s = res["summary"][n]
         iqr = (f"({s['ratio_q1']:.2f}-{s['ratio_q3']:.2f})" if s["ratio_q1"] is not None
                else "")
         q = f"{s['quiet_median_ms']:.2f}, {s['quiet_ratio']:.2f}x" if nq else "-"
         omp = res["info"].get(n, {}).get("openmp")
+        ratio = f"{s['ratio']:5.2f}x {iqr}"
         lines.append(f"  {n:32s} {s['median_ms']:9.2f} {s['best_ms']:8.2f} "
-                     f"{s['cpu_ms_per_step']:7.2f}  {s['ratio']:5.2f}x {iqr:25s} {q}"
+                     f"{s['cpu_ms_per_step']:7.2f}  {ratio:{width}s}  {q}"
                      + (f"  [OpenMP {omp}]" if omp else ""))
     return "\n".join(lines)
 
@@ -308,32 +377,44 @@ class BusyProcess:
         return False
 
 
+MODELS = ("mlp", "cnn", "lstm")
+
+
 def main(argv=None) -> int:
+    """Run the suite per model and thread count and print one table each."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("suite", nargs="?", choices=sorted(SUITES), default="import-order")
+    ap.add_argument("--model", nargs="+", choices=MODELS, default=["mlp"],
+                    help="the training step every variant runs (default mlp); several: one "
+                         "table per model")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--slice", type=float, default=0.3, help="timed seconds per slice")
     ap.add_argument("--gap", type=float, default=0.15, help="sleep before each slice (s)")
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
                     help="instead of the suite's (the first is the baseline)")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here ({model: {'<n>_threads': ...}})")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.threads[0])
+        serve(args.serve, args.threads[0], args.model[0])
         return 0
-    names = args.variants or SUITES[args.suite]
     out = {}
-    for t in args.threads:
-        if args.suite == "busy":
-            with BusyProcess():
-                res = run_rounds(names, t, args.rounds, args.slice, args.gap)
-        else:
-            res = run_rounds(names, t, args.rounds, args.slice, args.gap)
-        out[f"{t}_threads"] = res
-        title = args.suite + (" (one competing busy process)" if args.suite == "busy" else "")
-        print(format_summary(res, title), flush=True)
+    for model in args.model:
+        names = args.variants or SUITES[args.suite]
+        if model != "mlp" and not args.variants:  # the zoo models: fused Adam only (shorter)
+            names = [n for n in names if n != "torch Adam"]
+        out[model] = {}
+        for t in args.threads:
+            if args.suite == "busy":
+                with BusyProcess():
+                    res = run_rounds(names, t, args.rounds, args.slice, args.gap, model=model)
+            else:
+                res = run_rounds(names, t, args.rounds, args.slice, args.gap, model=model)
+            out[model][f"{t}_threads"] = res
+            title = args.suite + (" (one competing busy process)" if args.suite == "busy"
+                                  else "")
+            print(format_summary(res, title), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

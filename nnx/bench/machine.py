@@ -2,8 +2,9 @@
 
 Thread counts are set for every library at once (`set_threads`): Numba (`numba.set_num_threads`),
 the BLAS NumPy links (OpenBLAS's `*_set_num_threads`, found among the loaded shared objects,
-as threadpoolctl does), and PyTorch (`torch.set_num_threads`) when the yardstick runs, so that
-the comparison is at equal thread counts.
+as threadpoolctl does); PyTorch, which runs in a worker process of its own (nnx.bench.remote),
+gets the same count there (`torch.set_num_threads`), so that the comparison is at equal thread
+counts.
 
 Peaks are measured, not looked up: a large SGEMM through NumPy's BLAS (GFLOP/s) and a large
 memcpy (`numpy.copyto`, GB/s counted as bytes read + bytes written). Every case reports its
@@ -13,8 +14,11 @@ throughput as a fraction of these.
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -111,6 +115,26 @@ def set_threads(n: int | None, torch_too: bool = True) -> dict:
     return thread_counts()
 
 
+@functools.lru_cache(maxsize=1)
+def torch_info(timeout_s: float = 300.0) -> dict:
+    """{"version", "cuda", "threads"} of the installed PyTorch, asked of a child process (the
+    benchmark's own process never imports torch: see nnx.bench.remote), or {"error": reason}."""
+    code = ("import json, torch; print(json.dumps({'version': torch.__version__, "
+            "'cuda': bool(torch.cuda.is_available()), 'threads': torch.get_num_threads()}))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"import torch failed (status {done.returncode}): {last}"}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"unexpected output: {done.stdout[-200:]!r}"}
+
+
 def thread_counts() -> dict:
     out = {"numba": numba_threads(), "blas": blas_threads()}
     if "torch" in sys.modules:
@@ -185,23 +209,42 @@ def _cpu_times():
     return sum(vals), idle
 
 
+def process_cpu_s(pid: int, tck: int = 100) -> float:
+    """CPU seconds (user + system, all threads) process `pid` has used (Linux /proc); 0 when it
+    cannot be read (gone, not Linux)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tck
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class LoadProbe:
     """CPU time used by *other* processes: all CPUs' busy time (/proc/stat) minus this
-    process's own CPU time (all its threads: BLAS, Numba and torch workers included)."""
+    process's own CPU time (all its threads: BLAS, Numba and torch workers included) and that
+    of the benchmark's own worker processes (`pids`: a list, or a callable returning one, of the
+    processes the remote targets run in), so that a worker's samples do not count as load."""
 
-    def __init__(self):
+    def __init__(self, pids=()):
         self.tck = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.pids = pids
         self.ok = True
         try:
             _cpu_times()
         except (OSError, ValueError, IndexError):
             self.ok = False
 
+    def _own(self) -> float:
+        pids = self.pids() if callable(self.pids) else self.pids
+        return time.process_time() + sum(process_cpu_s(p, self.tck) for p in pids or () if p)
+
     def snap(self):
+        """(monotonic time, busy seconds of all CPUs, own CPU seconds) now."""
         if not self.ok:
-            return (time.monotonic(), 0, time.process_time())
+            return (time.monotonic(), 0, self._own())
         total, idle = _cpu_times()
-        return (time.monotonic(), total - idle, time.process_time())
+        return (time.monotonic(), total - idle, self._own())
 
     def others(self, a, b) -> float:
         """Average number of CPUs other processes kept busy between two snaps."""

@@ -4,7 +4,8 @@ A *case* is one workload at one size: a name, its suite, its FLOP and byte count
 `setup(target)` that allocates the inputs on the target and returns the zero-argument function
 to time (or raises `Skip` with a reason: a kernel that does not exist yet, no torch equivalent).
 A *target* is where a case runs: an nnx backend ("numpy", "numba", "cupy") or the PyTorch
-yardstick ("torch" on the CPU, "torch-cuda"). Suites are functions `quick -> [Case]`, registered
+yardstick ("torch" on the CPU, "torch-cuda"); `nnx bench` runs the torch targets in a worker
+process of their own (nnx.bench.remote). Suites are functions `quick -> [Case]`, registered
 declared with `@suite(name)` and added to a `SuiteRegistry` explicitly: `nnx.bench.suites`
 lists the built-in ones and `register_all(registry)` adds them; `nnx.bench.default_registry()`
 is the registry that feeds `nnx bench`, the pytest-benchmark files in `benchmarks/` and
@@ -23,6 +24,7 @@ from nnx import compat
 from nnx.backend import available_backends, backend_module, backend_names, get_ops
 from nnx.errors import unknown
 
+from .machine import torch_info
 from .timing import CudaEventClock, HostClock, TorchCudaEventClock
 
 TORCH_TARGETS = ("torch", "torch-cuda")
@@ -55,7 +57,11 @@ class Case:
 
 
 class Target:
-    """Where a case runs. For nnx backends `new_ops()` gives a fresh, seeded Ops object."""
+    """Where a case runs, in this process. For nnx backends `new_ops()` gives a fresh, seeded
+    Ops object; a torch target imports torch (`nnx bench` creates those only in a worker
+    process: nnx.bench.remote)."""
+
+    remote = False
 
     def __init__(self, name: str):
         self.name = name
@@ -118,7 +124,8 @@ class Target:
 
 def available_targets(backends=None, torch: bool = True) -> tuple[list[str], dict]:
     """(target names, {unavailable target: reason}). Default: every available nnx backend, then
-    torch (CPU) and torch-cuda when PyTorch is importable and sees a GPU."""
+    torch (CPU) and torch-cuda when PyTorch is installed and sees a GPU. Whether it does is
+    asked of a child process (`machine.torch_info`): this process never imports torch."""
     skipped: dict[str, str] = {}
     avail = available_backends()
     if backends:
@@ -141,14 +148,16 @@ def available_targets(backends=None, torch: bool = True) -> tuple[list[str], dic
     # torch runs by default, or when named in `backends`; an explicit list of nnx backends alone
     # means those only
     if torch and (not backends or explicit):
+        info = torch_info() if compat.has_torch else {}
         if not compat.has_torch:
             skipped["torch"] = "PyTorch is not installed (pip install torch)"
+        elif "error" in info:
+            for t in explicit or ["torch"]:
+                skipped[t] = f"PyTorch does not import: {info['error']}"
         else:
-            import torch as _torch
-
             if not explicit or "torch" in explicit:
                 names.append("torch")
-            if _torch.cuda.is_available():
+            if info.get("cuda"):
                 if not explicit or "torch-cuda" in explicit:
                     names.append("torch-cuda")
             elif not explicit or "torch-cuda" in explicit:

@@ -29,6 +29,7 @@ def _clean(o):
 
 def make_run(results, machine=None, peaks=None, settings=None, targets=None, skipped_targets=None,
              crossover=None, argv=None) -> dict:
+    """The run as the JSON-able dict `nnx bench` writes (schema nnx-bench/1)."""
     run = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -46,6 +47,7 @@ def make_run(results, machine=None, peaks=None, settings=None, targets=None, ski
 
 
 def write_json(run: dict, path) -> str:
+    """Write atomically (a temporary file, then rename): a crash leaves no half file."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -56,6 +58,7 @@ def write_json(run: dict, path) -> str:
 
 
 def load_json(path) -> dict:
+    """Read a bench.json, refusing files of another schema (--compare, --merge)."""
     with open(path) as f:
         run = json.load(f)
     if not isinstance(run, dict) or "results" not in run:
@@ -131,27 +134,52 @@ def _cell(r) -> str:
     return f"{fmt_time(med)} ±{spread:.0f}%"
 
 
+SPEEDUP_HEADER = ("x<target> = speed-up over numpy, <target> vs torch = speed-up over torch: "
+                  "medians over rounds of (baseline time / target time) within a round "
+                  "(* = ratio of medians: a record from before per-round ratios)")
+
+
+def speedup(base: dict | None, r: dict | None, baseline: str) -> tuple[float | None, bool]:
+    """(speed-up of record `r` over the `baseline` record, whether it is a per-round ratio
+    median): `r["speedup_over"][baseline]["median"]` where the run recorded it, else the ratio
+    of the two medians (older bench.json files); (None, False) when either is not ok."""
+    if not (base and r and base.get("status") == "ok" and r.get("status") == "ok"):
+        return None, False
+    per_round = ((r.get("speedup_over") or {}).get(baseline) or {}).get("median")
+    if per_round is not None:
+        return per_round, True
+    if base.get("median_s") and r.get("median_s"):
+        return base["median_s"] / r["median_s"], False
+    return None, False
+
+
+def _speedup_cell(base, r, baseline) -> str:
+    x, per_round = speedup(base, r, baseline)
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" + ("" if per_round else "*")
+
+
 def table_rows(results, targets=None, baseline="numpy"):
     """(header, rows, notes): rows = cases; columns = per-target median time ±IQR/median,
-    speed-up of each other target over the baseline (baseline time / target time), and the
-    fraction of the machine's peak (SGEMM for compute-bound cases, memcpy for memory-bound)."""
+    speed-up of each other target over the baseline (`x<target>`) and, when torch ran, of each
+    nnx target over torch (`<target> vs torch`), both medians of per-round ratios (see
+    SPEEDUP_HEADER), and the fraction of the machine's peak (SGEMM for compute-bound cases,
+    memcpy for memory-bound)."""
     cases = _by_case(results)
     targets = list(targets or OrderedDict.fromkeys(r["target"] for r in results))
     if baseline not in targets:
         baseline = targets[0] if targets else baseline
     others = [t for t in targets if t != baseline]
+    vs_torch = ([t for t in targets if not t.startswith("torch")] if "torch" in targets
+                and baseline != "torch" else [])
     header = (["case"] + targets + [f"x{t}" for t in others]
-              + [f"%peak {t}" for t in targets])
+              + [f"{t} vs torch" for t in vs_torch] + [f"%peak {t}" for t in targets])
     rows, notes = [], OrderedDict()
     for name, per in cases.items():
         row = [name] + [_cell(per.get(t)) for t in targets]
-        base = per.get(baseline)
-        for t in others:
-            r = per.get(t)
-            if base and r and base.get("status") == "ok" and r.get("status") == "ok":
-                row.append(f"{base['median_s'] / r['median_s']:.2f}x")
-            else:
-                row.append("-")
+        row += [_speedup_cell(per.get(baseline), per.get(t), baseline) for t in others]
+        row += [_speedup_cell(per.get("torch"), per.get(t), "torch") for t in vs_torch]
         for t in targets:
             r = per.get(t)
             fp = r.get("frac_peak") if r and r.get("status") == "ok" else None
@@ -166,6 +194,7 @@ def table_rows(results, targets=None, baseline="numpy"):
 
 
 def format_table(results, targets=None, baseline="numpy", markdown=False, title=None) -> str:
+    """The table of `table_rows` as aligned text or Markdown, with the skip/error notes."""
     header, rows, notes = table_rows(results, targets, baseline)
     if markdown:
         lines = [f"### {title}", ""] if title else []
@@ -190,6 +219,7 @@ def format_table(results, targets=None, baseline="numpy", markdown=False, title=
 
 
 def format_peaks(peaks: dict) -> str:
+    """One line: the measured SGEMM and memcpy peaks every case is compared with."""
     if not peaks:
         return ""
     med = peaks.get("sgemm_gflops_median")
@@ -234,6 +264,7 @@ def compare(old, new, threshold: float = 0.05) -> dict:
 
 
 def format_compare(cmp: dict) -> str:
+    """The result of `compare` as text: slower, faster, unchanged, only in one run."""
     lines = [f"changes beyond noise (median moved > {cmp['threshold'] * 100:.0f}% and the IQRs "
              "do not overlap):"]
     for what, _sign in (("slower", "+"), ("faster", "-")):

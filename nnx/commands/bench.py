@@ -1,5 +1,6 @@
-"""`nnx bench`: run the benchmark suites on every backend (and PyTorch as a yardstick), print
-the table, write JSON, tables and PNG plots; or compare two earlier runs.
+"""`nnx bench`: run the benchmark suites on every backend (and PyTorch as a yardstick, in a
+worker process of its own), print the table, write JSON, tables and PNG plots; or compare two
+earlier runs.
 
     nnx bench                              # every suite, every available backend + torch
     nnx bench --suite gemm mlp --quick     # small sizes, few repeats (a smoke test)
@@ -47,13 +48,16 @@ def target_name(text: str) -> str:
             raise argparse.ArgumentTypeError(
                 f"target {text!r} is not available: PyTorch is not installed (pip install torch)"
             )
-        if text == "torch-cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise argparse.ArgumentTypeError(
-                    "target 'torch-cuda' is not available: torch sees no CUDA device"
-                )
+        # asked of a child process: nnx bench never imports torch (it runs in a worker)
+        info = machine.torch_info()
+        if "error" in info:
+            raise argparse.ArgumentTypeError(
+                f"target {text!r} is not available: PyTorch does not import: {info['error']}"
+            )
+        if text == "torch-cuda" and not info.get("cuda"):
+            raise argparse.ArgumentTypeError(
+                "target 'torch-cuda' is not available: torch sees no CUDA device"
+            )
         return text
     mod = backend_module(text)
     if not mod.is_available():
@@ -95,6 +99,10 @@ def add_parser(sub, help_text):
                         "after waiting for them (default 0.5; quick: off; 0: off)")
     p.add_argument("--max-wait", type=POSITIVE, default=None, metavar="SECONDS",
                    help="with --busy-threshold: wait at most this long per case (default 90)")
+    p.add_argument("--remote-gap", type=NON_NEGATIVE, default=None, metavar="SECONDS",
+                   help="sleep before each sample of a target in a worker process (torch) and "
+                        "before the next one here, so the last one's thread pools go idle "
+                        "(default 0.1; quick 0.02)")
     p.add_argument("--no-torch", action="store_true", help="leave the PyTorch yardstick out")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
@@ -134,7 +142,7 @@ def run(args) -> int:
                     repeats=args.repeats, torch=not args.no_torch, threads=args.threads,
                     crossover=args.crossover, wait_quiet=args.wait_quiet,
                     busy_threshold=args.busy_threshold, max_wait=args.max_wait,
-                    argv=_argv(args))
+                    remote_gap=args.remote_gap, argv=_argv(args))
     return write_outputs(res, args.out, plots=plots)
 
 
@@ -152,12 +160,12 @@ def write_outputs(res: dict, out: str, plots: bool = True, log=print) -> int:
     os.makedirs(out, exist_ok=True)
     targets = res["targets"]
     title = (f"nnx bench ({res['settings'].get('mode')}): median time per call ±IQR/median; "
-             f"x<target> = speed-up over numpy; %peak = of SGEMM (compute-bound) or memcpy "
+             f"{report.SPEEDUP_HEADER}; %peak = of SGEMM (compute-bound) or memcpy "
              f"(memory-bound)\n{machine.one_line(res['machine'])}\n"
              f"{report.format_peaks(res['peaks'])}")
     text = report.format_table(res["results"], targets, title=title) if res["results"] else title
-    md = report.format_table(res["results"], targets, markdown=True,
-                             title="nnx bench results") if res["results"] else ""
+    md = (report.format_table(res["results"], targets, markdown=True, title="nnx bench results")
+          + f"\n\n{report.SPEEDUP_HEADER}.") if res["results"] else ""
     sw = res.get("crossover")
     if sw:
         text += "\n\n" + format_crossover(sw)
