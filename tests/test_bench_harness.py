@@ -394,3 +394,23 @@ def test_nnx_bench_rejects_unknown_suite(capsys):
     assert main(["bench", "--quick", "--suite", "nope", "--no-torch", "--no-plots",
                  "--out", "/nonexistent-not-written"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_table_says_why_a_backend_is_slower_than_torch():
+    from nnx.bench.report import format_table
+
+    def rec(target, med, torch_ratio=None, why=None):
+        r = {"case": "act", "target": target, "status": "ok", "median_s": med, "iqr_s": 0.0,
+             "speedup_over": {} if torch_ratio is None else {"torch": {"median": torch_ratio}}}
+        if why:
+            r["why"] = why
+        return r
+
+    slow = [rec("numpy", 1.0), rec("numba", 2.0, 0.8, {"numba": "scalar libm tanh"}),
+            rec("torch", 1.6)]
+    text = format_table(slow)
+    assert "numba slower than torch: scalar libm tanh -- act (0.80x)" in text
+    unexplained = [rec("numpy", 1.0), rec("numba", 2.0, 0.9), rec("torch", 1.8)]
+    assert "numba slower than torch: no explanation recorded" in format_table(unexplained)
+    fast = [rec("numpy", 1.0), rec("numba", 1.0, 1.2, {"numba": "x"}), rec("torch", 1.2)]
+    assert "slower than torch" not in format_table(fast)

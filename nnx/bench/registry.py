@@ -47,6 +47,9 @@ class Case:
     bound: str = "compute"  # "compute": % of SGEMM peak; "memory": % of memcpy peak
     number: int | None = None  # fixed calls per sample (None: calibrated)
     repeats: int | None = None  # fixed rounds (None: the run's setting)
+    # why a target is slower than PyTorch here, when it is ({target: reason}, from measurements;
+    # the table prints it under a case where that target's per-round ratio to torch is < 1)
+    why: dict = field(default_factory=dict)
 
     @property
     def intensity(self) -> float | None:

@@ -185,6 +185,13 @@ def table_rows(results, targets=None, baseline="numpy"):
             fp = r.get("frac_peak") if r and r.get("status") == "ok" else None
             row.append(f"{fp * 100:.0f}%" if fp is not None else "-")
         rows.append(row)
+        for t in vs_torch:  # slower than the yardstick: the case says why (or that it does not)
+            if t == baseline:  # the reference backend is not expected to beat torch
+                continue
+            x, _ = speedup(per.get("torch"), per.get(t), "torch")
+            if x is not None and x < 1:
+                why = (per[t].get("why") or {}).get(t) or "no explanation recorded"
+                notes.setdefault(f"{t} slower than torch: {why}", []).append(f"{name} ({x:.2f}x)")
         for t in targets:
             r = per.get(t)
             if r and r.get("status") in ("skipped", "error"):

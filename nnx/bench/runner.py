@@ -153,6 +153,7 @@ def _record(s: _Subject, peaks: dict | None) -> dict:
         "case": case.name, "suite": case.suite, "target": s.target.name,
         "params": case.params, "flops": case.flops, "bytes": case.bytes, "bound": case.bound,
         "group": case.group, "x": case.x, "status": s.status, "reason": s.reason,
+        "why": dict(case.why),
         "process": "worker" if s.remote else "main",
     }
     if s.status != "ok":
