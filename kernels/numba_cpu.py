@@ -14,7 +14,8 @@ serial or parallel driver through `numba_dispatch.dispatch`, with the chunk coun
 `numba_dispatch.nchunks` (the one serial/parallel policy, and its thread measurements). The
 kernels live per family: `numba_dense.py` (epilogues, dense backward, activations),
 `numba_loss.py` (softmax cross-entropy), `numba_optim.py` (SGD, Adam/AdamW), `numba_dropout.py`;
-the layer kernels (pooling, batch norm, LSTM, col2im) come in through `numba_layers.py`'s mixin.
+the layer kernels come in through mixins: `numba_conv.py` (conv2d by groups of samples),
+`numba_recurrent.py` (LSTM), `numba_layers.py` (pooling, batch norm).
 
 Numerics: `fastmath` without `nnan`/`ninf` (reassociation, contraction to FMA, reciprocal
 multiplication, fast libm calls), so NaN and inf still propagate the way the reference's do
@@ -39,6 +40,7 @@ from .numba_common import ACT_CODE as _ACT_CODE
 from .numba_common import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTMAX, TANH
 from .numba_common import contiguous as _c
 from .numba_common import same_float as _same_float
+from .numba_conv import NumbaConvKernels
 from .numba_dense import (
     _act_grad_par,
     _act_grad_ser,
@@ -63,13 +65,14 @@ from .numba_dropout import _dropout_par, _dropout_ser, _mul_par, _mul_ser
 from .numba_layers import NumbaLayerKernels
 from .numba_loss import _sce_int_par, _sce_int_ser, _sce_prob_par, _sce_prob_ser
 from .numba_optim import NumbaOptimKernels, _adam_par, _adam_ser, _sgd_par, _sgd_ser
+from .numba_recurrent import NumbaRecurrentKernels
 from .reference import Ops
 
 
 # ============================================================================================
 # The backend
 # ============================================================================================
-class NumbaOps(NumbaLayerKernels, NumbaOptimKernels, Ops):
+class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, NumbaOptimKernels, Ops):
     """NumPy arrays; BLAS GEMMs with fused Numba epilogues, fused losses and optimizers."""
 
     name = "numba"

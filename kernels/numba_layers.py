@@ -1,16 +1,16 @@
-"""Numba overrides of layer kernels (pooling, batch norm, LSTM, col2im), mixed into NumbaOps.
+"""Numba overrides of layer kernels (pooling, batch norm), mixed into NumbaOps.
 
 `NumbaLayerKernels` defines only layer-kernel methods (never the dense/activation ones), sits
 before `Ops` in `NumbaOps`' bases, and falls back to the reference (`super()`) for everything
 it does not handle: non-NumPy arrays, dtypes other than float32/float64, mixed dtypes, other
 layouts/axes, eval-mode batch norm. The kernels live per family (`numba_pool.py`,
-`numba_batchnorm.py`, `numba_lstm.py`, `numba_col2im.py`); this module is the mixin that checks
-inputs and calls them.
+`numba_batchnorm.py`); this module is the mixin that checks inputs and calls them. (conv2d:
+`numba_conv.py`; LSTM: `numba_recurrent.py`.)
 
 Conventions as in `numba_cpu.py`: `error_model="numpy"`, fastmath without nnan/ninf, serial
 driver below `PAR_MIN_ELEMS` elements and a `prange` driver above (the one policy,
 `numba_dispatch.nchunks`, called through `numba_dispatch.dispatch`), where each parallel task
-owns its output (one (n, c) plane for pooling, one channel for batch norm and col2im): no shared
+owns its output (one (n, c) plane for pooling, one channel for batch norm): no shared
 `+=` across threads. Element loops over `range(len(slice))`.
 
 What is kept (measured with the A/B script in the report, batch 128, 2-vCPU box):
@@ -23,9 +23,6 @@ What is kept (measured with the A/B script in the report, batch 128, 2-vCPU box)
   the channel's first element against cancellation), one normalize pass writing y and xhat;
   the backward does one float64 reduction pass (dbeta, dgamma) and one dx pass. `saved` has
   the reference's format, so either backward accepts either forward's output.
-- lstm_backward: per timestep one fused pass (dc update, the four gate derivatives, dc <- f dc);
-  the forward is the reference's (tanh-bound: NumPy's SIMD tanh beats Numba's scalar one).
-- conv2d: `_col2im` (dx of conv2d_backward) as per-channel loops; im2col stays the reference's.
 """
 
 from __future__ import annotations
@@ -42,7 +39,6 @@ from .numba_batchnorm import (
     _bn_fwd_par,
     _bn_fwd_ser,
 )
-from .numba_col2im import _col2im_par, _col2im_ser
 from .numba_common import contiguous as _c
 from .numba_common import same_float as _same_float
 from .numba_dispatch import (
@@ -50,7 +46,6 @@ from .numba_dispatch import (
     dispatch,
     nchunks,
 )
-from .numba_lstm import _lstm_step_bwd
 from .numba_pool import (
     _avgpool_bwd_par,
     _avgpool_bwd_ser,
@@ -205,52 +200,3 @@ class NumbaLayerKernels:
         else:
             dgamma = dgamma.reshape(fshape)
         return (dx if need_dx else None), dgamma, dbeta
-
-    # -- conv2d: col2im (the reference's conv2d_backward calls it for dx) -----------------
-    def _col2im(self, dcols, x_shape, kh, kw, stride, pads, dilation, Ho, Wo):
-        """dx from dcols (C*kh*kw, N*Ho*Wo): per channel, each kernel offset's rows added
-        straight into dx (no padded buffer, no final transpose copy), in the reference's
-        (i, j) order, so the sums are the same."""
-        if not _same_float(dcols):
-            return super()._col2im(dcols, x_shape, kh, kw, stride, pads, dilation, Ho, Wo)
-        N, C, H, W = x_shape
-        (pt, pb), (pl, pr) = pads
-        (sh, sw), (dh, dw) = stride, dilation
-        dx = np.empty((N, C, H, W), dtype=dcols.dtype)
-        args = (_c(dcols).reshape(C, kh, kw, N, Ho, Wo), dx, sh, sw, pt, pl, dh, dw)
-        dispatch(nchunks(dcols.size), _col2im_ser, _col2im_par, *args, chunked=False)
-        return dx
-
-    # -- LSTM -----------------------------------------------------------------------------
-    # Backward only: the reference's BPTT with each timestep's elementwise work (dc update,
-    # the four gate derivatives, dc <- f dc) fused into one Numba pass; GEMMs stay in BLAS.
-    # The forward stays the reference's: it is bound by tanh, and NumPy's SIMD tanh beats
-    # Numba's scalar libm call (no SVML here) -- a fused forward measured 3.5x slower.
-    def lstm_backward(self, dhs, x, W_ih, W_hh, saved, dh_last=None, dc_last=None,
-                      need_dx=True, need_dh0=True, dW_ih_out=None, dW_hh_out=None, db_out=None):
-        x_tm, h0, c0, gates, cs, tcs, hs = saved
-        arrays = [a for a in (dhs, W_hh, gates, cs, tcs, hs, c0, dh_last, dc_last)
-                  if a is not None]
-        if not (_same_float(*arrays) and gates.flags.c_contiguous):
-            return super().lstm_backward(dhs, x, W_ih, W_hh, saved, dh_last, dc_last, need_dx,
-                                         need_dh0, dW_ih_out, dW_hh_out, db_out)
-        t_len, n, hid = hs.shape
-        dt = hs.dtype
-        dz_all = np.empty_like(gates)
-        dh = np.zeros((n, hid), dtype=dt) if dh_last is None else _c(dh_last)
-        dc = np.zeros((n, hid), dtype=dt) if dc_last is None else np.array(dc_last, order="C")
-        dummy = np.empty((1, 1), dtype=dt)
-        # time-major copy of dhs: contiguous per-step blocks keep the fused loop vectorized
-        # (a strided (N, H) view measured ~1.6x slower than the copy plus contiguous steps)
-        dhs_tm = None if dhs is None else np.ascontiguousarray(np.swapaxes(dhs, 0, 1))
-        for t in range(t_len - 1, -1, -1):
-            dyt = dummy if dhs_tm is None else dhs_tm[t]
-            c_prev = cs[t - 1] if t > 0 else c0
-            _lstm_step_bwd(gates[t], tcs[t], dummy if c_prev is None else c_prev,
-                           c_prev is not None, dh, dyt, dhs is not None, dc, dz_all[t])
-            dh = dz_all[t] @ W_hh.T if (t > 0 or need_dh0) else None
-        dW_hh = self._dW_hh(h0, hs, dz_all, dW_hh_out)
-        dx, dW_ih, db = self.dense_backward(dz_all, x_tm, W_ih, None, "identity", need_dx,
-                                            dW_ih_out, db_out)
-        dx = np.swapaxes(dx, 0, 1) if need_dx else None
-        return dx, dW_ih, dW_hh, db, dh, (dc if need_dh0 else None)

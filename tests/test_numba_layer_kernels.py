@@ -207,7 +207,7 @@ def test_lstm_backward_matches_reference(n, t, f, h, init, with_dhs, last, dt, s
         np.testing.assert_array_equal(dc_last, dc_copy)
 
 
-# -- conv2d (col2im) -----------------------------------------------------------------------
+# -- conv2d (numba_conv.py) --------------------------------------------------------------------
 @PAR
 @SETTINGS
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9),
@@ -265,7 +265,7 @@ def test_gradcheck_numba_noncontiguous():
 
 
 @pytest.mark.parametrize("name", sorted(k for k in vars(numba_layers.NumbaLayerKernels)
-                                        if not k.startswith("_")) + ["_col2im"])
+                                        if not k.startswith("_")))
 def test_signatures_equal_reference(name):
     import inspect
 
