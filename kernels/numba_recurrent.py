@@ -1,0 +1,171 @@
+"""Numba recurrent-layer kernels, mixed into NumbaOps: the LSTM forward and backward.
+
+The reference's structure and cost model (kernels/reference_recurrent.py), with the elementwise
+work of each timestep fused into one Numba pass (numba_lstm.py):
+- forward: x_t W_ih for every timestep is one GEMM (no bias pass: the step kernel adds b);
+  per timestep one recurrent GEMM, `np.matmul(h_{t-1}, W_hh, out=u)` into one preallocated
+  buffer, then the step kernel (bias, gates, cell, tanh(c), h).
+- backward: per timestep the step kernel (dz_t, dc, and the bias gradient summed on the way,
+  instead of a separate pass over dz: ~0.45 ms), then `np.matmul(dz_t, W_hh^T, out=buf)`; after
+  the loop dW_hh, dW_ih and dx are one GEMM each over all timesteps.
+Storage is time-major (T, N, .), so each step's blocks are contiguous; dhs is read in place in
+either layout (batch-first C-contiguous, or the time-major storage behind a swapaxes view).
+Kernels run serially or in parallel per `numba_dispatch.nchunks` over one step's N x 4H block.
+
+`saved` has the reference's format and meaning, (x_tm, h0, c0, activated gates, c, tanh(c), h),
+all time-major, so the reference's backward accepts this forward's output and this backward the
+reference's (a mixed pair is as accurate as the two forwards agree: float32 gates differ from
+the reference's by ~1e-7).
+
+Anything the kernels are not compiled for (non-NumPy arrays, dtypes other than float32 /
+float64, mixed dtypes, a non-contiguous `saved`) falls back to the reference (`super()`).
+
+Measured and not kept (2-vCPU box, N128 T28 I28 H128 float32, interleaved A/B):
+- the parallel drivers at this size (forced): forward + backward 2-10% slower. Each kernel
+  runs right after a GEMM, while OpenBLAS's worker still spins on the other core (see
+  numba_dispatch), so the dispatch policy's serial choice stands.
+- each batch half's whole recurrence (its GEMMs and kernels) on its own Python thread: 6-9%
+  slower with 2 BLAS threads, 42-56% slower with the BLAS set to 1 thread around the loops.
+- a feature-major layout ((4H, N) blocks): the recurrent forward GEMM 13-33% faster at 2 threads
+  (equal at 1), every other
+  GEMM unchanged; not worth a second layout that vectorizes badly at decoding's small batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .numba_common import contiguous as _c
+from .numba_common import same_float as _same_float
+from .numba_dispatch import dispatch, nchunks
+from .numba_lstm import _lstm_bwd_par, _lstm_bwd_ser, _lstm_fwd_par, _lstm_fwd_ser
+
+_SCRATCH_MAX_BYTES = 64 << 20  # the backward's dz buffer is reused up to this size
+
+
+class NumbaRecurrentKernels:
+    """Mixin placed before `NumbaLayerKernels` in `NumbaOps`: LSTM forward and backward."""
+
+    def lstm_forward(self, x, W_ih, W_hh, b, h0=None, c0=None):
+        arrays = [a for a in (x, W_ih, W_hh, b, h0, c0) if a is not None]
+        if not _same_float(*arrays):
+            return super().lstm_forward(x, W_ih, W_hh, b, h0, c0)
+        x_tm = self._time_major(x)
+        t_len, n, f = x_tm.shape
+        hid, g4 = W_hh.shape
+        dt = x_tm.dtype
+        # x_t W_ih for every timestep in one GEMM; the bias is added in the step kernel, which
+        # reads these blocks anyway (the separate bias pass over (T, N, 4H) measured ~0.5 ms)
+        gates = np.matmul(x_tm.reshape(-1, f), W_ih).reshape(t_len, n, g4)
+        bias = np.zeros(g4, dtype=dt) if b is None else _c(b.reshape(-1))
+        cs = np.empty((t_len, n, hid), dtype=dt)
+        tcs = np.empty_like(cs)
+        hs = np.empty_like(cs)
+        u = np.empty((n, g4), dtype=dt)  # h_{t-1} W_hh, rewritten every step
+        c0k = np.zeros((1, hid), dtype=dt) if c0 is None else _c(c0)
+        nc = nchunks(n * g4)
+        h = h0
+        for t in range(t_len):
+            if h is not None:
+                np.matmul(h, W_hh, out=u)
+            args = (gates, bias, u, h is not None, cs, tcs, hs, c0k, c0 is not None, t)
+            dispatch(nc, _lstm_fwd_ser, _lstm_fwd_par, *args)
+            h = hs[t]
+        return np.swapaxes(hs, 0, 1), (x_tm, h0, c0, gates, cs, tcs, hs)
+
+    def lstm_backward(
+        self,
+        dhs,
+        x,
+        W_ih,
+        W_hh,
+        saved,
+        dh_last=None,
+        dc_last=None,
+        need_dx=True,
+        need_dh0=True,
+        dW_ih_out=None,
+        dW_hh_out=None,
+        db_out=None,
+    ):
+        x_tm, h0, c0, gates, cs, tcs, hs = saved
+        arrays = [
+            a for a in (dhs, W_ih, W_hh, gates, cs, tcs, hs, c0, dh_last, dc_last) if a is not None
+        ]
+        if not (
+            _same_float(*arrays)
+            and gates.flags.c_contiguous
+            and cs.flags.c_contiguous
+            and tcs.flags.c_contiguous
+        ):
+            return super().lstm_backward(
+                dhs,
+                x,
+                W_ih,
+                W_hh,
+                saved,
+                dh_last,
+                dc_last,
+                need_dx,
+                need_dh0,
+                dW_ih_out,
+                dW_hh_out,
+                db_out,
+            )
+        t_len, n, hid = hs.shape
+        g4 = gates.shape[-1]
+        dt = hs.dtype
+        # dz of every step, consumed before we return: a reused per-thread buffer. A fresh one
+        # per call (7.3 MB for the benchmark case) measured ~2600 page faults and ~15 ms more per
+        # forward + backward on this VM (glibc hands such blocks back to the OS on free). Very
+        # large ones are not kept alive between calls.
+        small = gates.nbytes <= _SCRATCH_MAX_BYTES
+        dz_all = self._scratch(gates.shape, dt) if small else np.empty_like(gates)
+        dc = np.zeros((n, hid), dtype=dt) if dc_last is None else np.array(dc_last, order="C")
+        dummy = np.zeros((1, 1), dtype=dt)
+        c0k = dummy if c0 is None else _c(c0)
+        # dhs is read in place when either layout is C-contiguous: batch-first (N, T, H), or the
+        # time-major storage behind a swapaxes view (what an LSTM layer's own outputs are)
+        dy, dy_tm = (dummy.reshape(1, 1, 1), False) if dhs is None else (dhs, False)
+        if dhs is not None and not dhs.flags.c_contiguous:
+            dy_tm = True
+            dy = _c(np.swapaxes(dhs, 0, 1))
+        dh = dummy if dh_last is None else _c(dh_last)
+        buf = np.empty((n, hid), dtype=dt)  # dz_t W_hh^T, rewritten every step
+        nc = nchunks(n * g4)
+        dbp = np.zeros((nc, g4), dtype=dt)  # bias-gradient partials, one row per block of rows
+        W_hhT = W_hh.T
+        for t in range(t_len - 1, -1, -1):
+            has_dh = t < t_len - 1 or dh_last is not None
+            args = (
+                gates,
+                tcs,
+                cs,
+                c0k,
+                c0 is not None,
+                dh,
+                has_dh,
+                dy,
+                dy_tm,
+                dhs is not None,
+                dc,
+                dz_all,
+                t,
+                dbp,
+            )
+            dispatch(nc, _lstm_bwd_ser, _lstm_bwd_par, *args)
+            if t > 0:
+                dh = np.matmul(dz_all[t], W_hhT, out=buf)
+            elif need_dh0:
+                dh = dz_all[0] @ W_hhT
+            else:
+                dh = None
+        dW_hh = self._dW_hh(h0, hs, dz_all, dW_hh_out)
+        dz2 = dz_all.reshape(-1, g4)
+        dW_ih = np.matmul(x_tm.reshape(-1, x_tm.shape[-1]).T, dz2, out=dW_ih_out)
+        db = dbp[0] if nc == 1 else dbp.sum(axis=0)
+        if db_out is not None:
+            db_out[...] = db.reshape(db_out.shape)
+            db = db_out
+        dx = np.swapaxes((dz2 @ W_ih.T).reshape(x_tm.shape), 0, 1) if need_dx else None
+        return dx, dW_ih, dW_hh, db, dh, (dc if need_dh0 else None)
