@@ -6,24 +6,32 @@ conv (N 128, C 32, 14x14, O 64) that matrix is 29 MB, written once by kh*kw stri
 read by the GEMM, kept for the backward (and read twice more there), and the transposed copies
 around the GEMMs move as much again. Here the batch goes through in groups of G samples:
 
-- forward, per group: im2col of the group into a buffer of a few MB (it stays in L2/L3), one
-  GEMM W (O, K) @ cols (K, G*P), and the bias added while the result is scattered into its
-  (G, O, P) place in y. Nothing is saved but a tag: the backward rebuilds a group's im2col,
+- forward, per group: im2col of the group into a buffer of about 1 MB per thread (it stays in
+  L2), one GEMM W (O, K) @ cols (K, G*P), and the bias added while the result is scattered into
+  its (G, O, P) place in y. Nothing is saved but a tag: the backward rebuilds a group's im2col,
   which costs less than reading a 29 MB matrix back from memory (and the layer holds x already).
 - backward, per group: dy's group gathered into (O, G*P) with the bias gradient summed on the way
   (float64, per output channel), dW += dy_g @ cols_g^T, dcols_g = W^T @ dy_g, and col2im of
   dcols_g straight into the group's planes of dx.
+- at stride 1 with an output as wide as the input ("same" padding) every im2col row is one
+  contiguous span of the input plane shifted by (i*dh - pt)*W + (j*dw - pl), with the columns
+  that wrap around a row edge zeroed by strided slices; col2im adds the same spans back. Other
+  geometries go row by row.
 
-GEMMs stay in BLAS (OpenBLAS runs them at 90-130 GFLOP/s on 2 cores; see numba_cpu.py); the loops
-around them are Numba, parallel over independent output rows/planes (no shared `+=`). The group
-size gives each GEMM at least ~3k columns (BLAS efficiency) and keeps the group's buffers under
-`GROUP_BYTES`. Measured (tools/measure_numba.py / `nnx bench --suite conv cnn`, numbers in the
-issue 13 note): the zoo CNN's conv layers forward 2.3x, backward 2.4x faster than im2col +
-whole-batch GEMMs on the 2-vCPU Zen 3.
+GEMMs stay in BLAS; the loops around them are Numba, parallel over independent output
+rows/planes (no shared `+=`). Measured on the 2-vCPU Zen 3 against the reference (same process,
+interleaved, medians; the zoo CNN's second conv, N 128, 32 -> 64 channels, 14x14, 3x3 same):
+forward 22.4 -> 19.1 ms and backward 42.0 -> 25.8 ms with 2 threads, 27.1 -> 20.5 ms and
+52.8 -> 41.2 ms with 1 thread; the first conv (1 -> 32 channels, 28x28): 7.0 -> 4.4 ms and
+6.6 -> 4.9 ms (1 thread). The rest of those times is the GEMMs.
+(Tried and dropped: dx as the convolution of dy with the flipped kernel, which needs no col2im
+but an im2col twice as large: 20% slower; each half of the batch on its own Python thread with
+1-thread BLAS: 25% slower than 2-thread BLAS GEMMs with parallel Numba passes.)
 
 Handled here: float32/float64 NumPy arrays of one dtype, any stride, padding and dilation.
-Anything else goes to the reference (`super()`); a backward given a reference `saved` (the cols
-matrix) hands it to the reference too, and the reference backward refuses a Numba `saved`.
+Anything else goes to the reference (`super()`), and so does a backward given a reference
+`saved` (the cols matrix); a Numba `saved` whose arrays changed dtype is turned back into the
+reference's cols first.
 """
 
 from __future__ import annotations
