@@ -40,7 +40,12 @@ def gemm_case(label, m, k, n, ta, tb, group, x=None) -> Case:
         name=f"gemm {fmt_shape(m, k, n)}{suffix}", suite="gemm", setup=setup,
         flops=gemm_flops(m, k, n), bytes=F32 * (m * k + k * n + m * n),
         params={"label": label, "m": m, "k": k, "n": n, "trans_a": ta, "trans_b": tb},
-        group=group, x=x, bound="compute")
+        group=group, x=x, bound="compute", why=dict(GEMM_WHY))
+
+
+# Shown in the table only where the backend measured slower than torch at that shape.
+GEMM_WHY = {"numba": "numba's GEMM is NumPy's (the same OpenBLAS call; nnx writes no GEMM); "
+                     "PyTorch calls MKL, faster than OpenBLAS at some shapes"}
 
 
 @suite("gemm", "SGEMM at the MLP's and the CNN's shapes and square sizes (BLAS through xp.matmul)")
