@@ -31,23 +31,39 @@ from __future__ import annotations
 import numba
 from numba import njit
 
-from .numba_common import GELU, TANH
+from nnx import compat
+
+from .numba_common import GELU
 from .numba_common import SER as _SER
+
+# NumPy's OpenBLAS loaded before nnx could shorten its spin time (nnx.compat.blas_spins): its
+# workers then spin ~0.1 s after every GEMM, and a parallel kernel right after a GEMM fights
+# them for the 2 cores (zoo CNN step, 2 threads: 75 ms with parallel kernels, 48 ms serial).
+# Serial kernels then; GEMMs keep their threads. Set once at import; tests may override it.
+SERIAL_NEXT_TO_BLAS = bool(compat.blas_spins)
 
 # Below this many elements a kernel runs serially (measured: next to OpenBLAS's threads on 2
 # cores, thread launches cost more than they save on training-size arrays).
 PAR_MIN_ELEMS = 1 << 18
 
-# Activations whose forward calls tanh: Numba has no SVML here and calls scalar libm tanh, which
-# measured 4-6x slower than NumPy's SIMD tanh (benchmarks/results: tanh fwd+bwd 0.17-0.27x,
-# gelu 0.25-0.75x). Their forward (and gelu's backward, which needs tanh too) stay on the
-# reference kernels; tanh's backward, dy * (1 - y*y), stays fused.
-NUMPY_FASTER = frozenset({TANH, GELU})
+# Activations that stay on the reference (NumPy) kernels because NumPy measured faster: none now.
+# It held tanh and gelu while the Numba kernels called scalar libm tanh (no SVML here: 4-6x slower
+# than NumPy's SIMD tanh; tanh fwd+bwd 0.17-0.27x, gelu 0.25-0.75x of NumPy). With numba_math's
+# vectorized float32 tanh / gelu the Numba kernels measured, against the reference on the same
+# arrays (float32, interleaved rounds, medians of per-round ratios; 2-vCPU box shared with other
+# jobs), faster at 128x512 / 1024x4096: tanh forward 3.1x / 7.1x, gelu forward 6.2x / 21x, gelu
+# backward 16x / 26x. The set stays, for a kernel that loses to NumPy again: forward on NumPy for
+# its members, and the backward too for those in NUMPY_FASTER_GRAD.
+NUMPY_FASTER = frozenset()
+# The ones whose backward also stays on NumPy: those whose derivative needs the transcendental
+# again (gelu); tanh's and sigmoid's come from the saved output (dy * (1 - y*y)).
+NUMPY_FASTER_GRAD = NUMPY_FASTER & {GELU}
 
 
 def nchunks(work: int) -> int:
-    """1 (serial) below PAR_MIN_ELEMS elements, else one chunk per Numba thread."""
-    if work < PAR_MIN_ELEMS:
+    """1 (serial) below PAR_MIN_ELEMS elements, or when OpenBLAS's workers spin after every
+    GEMM (`SERIAL_NEXT_TO_BLAS`), else one chunk per Numba thread."""
+    if work < PAR_MIN_ELEMS or SERIAL_NEXT_TO_BLAS:
         return 1
     return numba.get_num_threads()
 

@@ -54,6 +54,10 @@ def thread_info() -> dict:
                                                          if omp.get("detail") else "")
     if omp.get("foreign"):
         out["openmp_loaded_before_nnx"] = ", ".join(omp["foreign"])
+    if compat.blas_spins:
+        out["numba_kernels"] = ("serial: NumPy's OpenBLAS loaded before nnx and spins after "
+                                "each GEMM (import nnx before NumPy, or set "
+                                "OPENBLAS_THREAD_TIMEOUT=4, for parallel Numba kernels)")
     return out
 
 

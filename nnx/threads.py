@@ -230,6 +230,23 @@ def _blas_functions(names) -> list:
     return out
 
 
+def blas_timeout_at_load(environ=None) -> int | None:
+    """OPENBLAS_THREAD_TIMEOUT as the loaded OpenBLAS read it (its workers spin about 2**n
+    cycles after each call before they sleep): the environment's value if an OpenBLAS is
+    already mapped into this process (28, OpenBLAS's default, when unset), None when none is
+    loaded yet (it will read the environment when it loads) or the value is not a number."""
+    env = os.environ if environ is None else environ
+    if not mapped_libraries(lambda n: "openblas" in n):
+        return None
+    raw = env.get("OPENBLAS_THREAD_TIMEOUT")
+    if raw is None:
+        return 28
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
 def blas_threads() -> int | None:
     """The thread count of the BLAS loaded in this process (None: none loaded, or unknown)."""
     for fn in _blas_functions(_BLAS_GET):

@@ -47,3 +47,15 @@ def rng():
 def real_mnist_available() -> bool:
     d = os.environ.get("NNX_DATA_DIR")
     return bool(d) and (Path(d) / "train-images-idx3-ubyte.gz").exists()
+
+
+@pytest.fixture(autouse=True)
+def _numba_dispatch_as_configured(monkeypatch):
+    """pytest imports NumPy before nnx, so nnx.compat.blas_spins is True here and the Numba
+    kernels would all run serially (numba_dispatch.SERIAL_NEXT_TO_BLAS): tests that force the
+    parallel drivers would silently test the serial ones. Off for every test; the policy itself
+    is tested in tests/test_threads_blas_spin.py."""
+    if compat.has_numba:
+        from nnx.kernels import numba_dispatch
+
+        monkeypatch.setattr(numba_dispatch, "SERIAL_NEXT_TO_BLAS", False)

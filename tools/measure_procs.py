@@ -108,9 +108,11 @@ def _zoo(model_name: str, backend):
 
 
 def _nnx_step(backend: str, model_name: str = "mlp"):
-    import numpy as np
+    # nnx before NumPy, as nnx asks (its OPENBLAS_THREAD_TIMEOUT must reach OpenBLAS before it
+    # loads); the "numpy-first" variants import NumPy earlier, in `build`
+    import nnx  # isort: skip
 
-    import nnx
+    import numpy as np
 
     if model_name == "mlp":
         layers = [nnx.Dense(SIZES[i], SIZES[i + 1], activation="relu" if i < 2 else None)
