@@ -56,6 +56,7 @@ from .numba_dense import (
     _softmax_ser,
 )
 from .numba_dispatch import NUMPY_FASTER as _NUMPY_FASTER
+from .numba_dispatch import NUMPY_FASTER_GRAD as _NUMPY_FASTER_GRAD
 from .numba_dispatch import (
     PAR_MIN_ELEMS,  # noqa: F401  (re-exported: one shared definition)
     dispatch,
@@ -139,7 +140,9 @@ class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, Numba
 
     def activation_backward(self, dy, saved, activation: str):
         code = _ACT_CODE.get(activation)
-        if code is None or code in (IDENTITY, GELU) or not self._elementwise_ok(dy, saved):
+        if code is None or code == IDENTITY or code in _NUMPY_FASTER_GRAD:
+            return super().activation_backward(dy, saved, activation)
+        if not self._elementwise_ok(dy, saved):
             return super().activation_backward(dy, saved, activation)
         return self._act_grad(dy, saved, code)
 
@@ -168,7 +171,9 @@ class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, Numba
         return super().backprop_sigmoid(dy, y)
 
     def tanh(self, x):
-        return super().tanh(x)  # see _NUMPY_FASTER
+        if TANH in _NUMPY_FASTER or not _same_float(x):
+            return super().tanh(x)
+        return self._act(x, TANH)
 
     def backprop_tanh(self, dy, y):
         if self._elementwise_ok(dy, y):
@@ -186,10 +191,14 @@ class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, Numba
         return super().backprop_softmax(dy, y, axis=axis)
 
     def gelu(self, x):
-        return super().gelu(x)  # see _NUMPY_FASTER
+        if GELU in _NUMPY_FASTER or not _same_float(x):
+            return super().gelu(x)
+        return self._act(x, GELU)
 
     def backprop_gelu(self, dy, x):
-        return super().backprop_gelu(dy, x)
+        if GELU in _NUMPY_FASTER_GRAD or not self._elementwise_ok(dy, x):
+            return super().backprop_gelu(dy, x)
+        return self._act_grad(dy, x, GELU)
 
     # -- dense ----------------------------------------------------------------------------
     def dense_forward(self, x, W, b, activation: str = "identity"):
@@ -197,7 +206,7 @@ class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, Numba
         arrays = (x, W) if b is None else (x, W, b)
         if code is None or W.ndim != 2 or x.ndim < 1 or not _same_float(*arrays):
             return super().dense_forward(x, W, b, activation)
-        if code in _NUMPY_FASTER:  # fused bias, then NumPy's SIMD tanh (reference path)
+        if code in _NUMPY_FASTER:  # fused bias, then the reference activation (see _NUMPY_FASTER)
             y, _ = self.dense_forward(x, W, b, "identity")
             y2 = y.reshape(-1, W.shape[1])
             out, saved = super().activation_forward(y2, activation)
@@ -225,7 +234,8 @@ class NumbaOps(NumbaConvKernels, NumbaRecurrentKernels, NumbaLayerKernels, Numba
         code = _ACT_CODE.get(activation)
         nout = W.shape[1] if W.ndim == 2 else -1
         arrays = (dy, x, W) if code == IDENTITY or code is None else (dy, x, W, saved)
-        if code is None or code == GELU or W.ndim != 2 or not _same_float(*arrays):
+        slow = code in _NUMPY_FASTER_GRAD
+        if code is None or slow or W.ndim != 2 or not _same_float(*arrays):
             return super().dense_backward(dy, x, W, saved, activation, need_dx, dW_out, db_out)
         x2 = x.reshape(-1, x.shape[-1])
         dy2 = _c(dy.reshape(-1, nout))

@@ -13,9 +13,8 @@ from .numba_common import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTMAX, TA
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
 from .numba_dispatch import _span
-from .reference import _GELU_K, GELU_CLIP, LEAKY_SLOPE
-
-_GELU_C = 0.044715
+from .numba_math import _exp, _gelu, _gelu_grad, _sigmoid_exp, _tanh
+from .reference import LEAKY_SLOPE
 
 
 # ============================================================================================
@@ -25,10 +24,11 @@ _GELU_C = 0.044715
 def _act_vec(x, y, act):
     """y = act(x) elementwise over 1-D arrays (every activation but softmax); y may be x.
     Loops run over range(len) of whole (sliced) arrays: a range(lo, hi) index could be negative
-    as far as Numba knows, and the wraparound check it then keeps blocks vectorization."""
+    as far as Numba knows, and the wraparound check it then keeps blocks vectorization.
+    sigmoid / tanh / gelu are numba_math's (vectorized in float32, libm in float64)."""
     t = x.dtype.type
     n = x.shape[0]
-    zero, one, half = t(0.0), t(1.0), t(0.5)
+    zero = t(0.0)
     if act == RELU:
         for j in range(n):
             v = x[j]
@@ -40,19 +40,13 @@ def _act_vec(x, y, act):
             y[j] = v if v > zero else v * slope
     elif act == SIGMOID:
         for j in range(n):
-            v = x[j]
-            e = np.exp(-abs(v))
-            y[j] = one / (one + e) if v >= zero else e / (one + e)
+            y[j] = _sigmoid_exp(x[j])
     elif act == TANH:
         for j in range(n):
-            y[j] = np.tanh(x[j])
+            y[j] = _tanh(x[j])
     elif act == GELU:  # the tanh argument from x clipped to +-GELU_CLIP, as the reference
-        k, c, lim = t(_GELU_K), t(_GELU_C), t(GELU_CLIP)
         for j in range(n):
-            v = x[j]
-            u = lim if v > lim else (-lim if v < -lim else v)  # NaN stays NaN
-            th = np.tanh(k * (u + c * u * u * u))
-            y[j] = half * v * (one + th)
+            y[j] = _gelu(x[j])
     else:  # identity (not reached from NumbaOps, which returns x itself)
         for j in range(n):
             y[j] = x[j]
@@ -64,7 +58,7 @@ def _act_grad_vec(dy, s, act, dx):
     input for gelu)."""
     t = dy.dtype.type
     n = dy.shape[0]
-    zero, one, half = t(0.0), t(1.0), t(0.5)
+    zero, one = t(0.0), t(1.0)
     if act == RELU:
         for j in range(n):
             dx[j] = dy[j] * (one if s[j] > zero else zero)  # NaN in dy propagates, as dy * (y > 0)
@@ -82,13 +76,8 @@ def _act_grad_vec(dy, s, act, dx):
             yv = s[j]
             dx[j] = dy[j] * (one - yv * yv)
     elif act == GELU:  # x clipped to +-GELU_CLIP (where the derivative is exactly 0 or 1)
-        k, c, c3, lim = t(_GELU_K), t(_GELU_C), t(3 * _GELU_C), t(GELU_CLIP)
         for j in range(n):
-            v = s[j]
-            v = lim if v > lim else (-lim if v < -lim else v)  # NaN stays NaN
-            th = np.tanh(k * (v + c * v * v * v))
-            dt = (one - th * th) * k * (one + c3 * v * v)
-            dx[j] = dy[j] * (half * (one + th) + half * v * dt)
+            dx[j] = dy[j] * _gelu_grad(s[j])
     else:  # identity
         for j in range(n):
             dx[j] = dy[j]
@@ -96,21 +85,23 @@ def _act_grad_vec(dy, s, act, dx):
 
 @njit(**_SER)
 def _softmax_row(x, y):
-    """y = softmax(x) over a 1-D row; y may be x."""
+    """y = softmax(x) over a 1-D row; y may be x. exp is numba_math's (float32: vectorized;
+    0 below -87.3, where the reference gives a subnormal)."""
     n = x.shape[0]
     if n == 0:
         return
     m = x[0]
-    for j in range(1, n):
+    for j in range(n):
         v = x[j]
         m = v if v > m else m
     s = x.dtype.type(0.0)
     for j in range(n):
-        e = np.exp(x[j] - m)
+        e = _exp(x[j] - m)
         y[j] = e
         s += e
+    r = x.dtype.type(1.0) / s
     for j in range(n):
-        y[j] = y[j] / s
+        y[j] = y[j] * r
 
 
 @njit(**_SER)

@@ -1,6 +1,8 @@
 """Numba loss kernels: softmax cross-entropy in one pass per row (row max, log-sum-exp, the
 loss and its gradient), against integer labels or probability targets. Loss sums run in
-float64; the parallel drivers sum per-chunk partials after the parallel loop."""
+float64; the parallel drivers sum per-chunk partials after the parallel loop. exp is
+numba_math's (float32: vectorized, where libm's expf is a scalar call; the loops run over
+range(ncol) of whole rows so that LLVM vectorizes them)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from numba import njit, prange
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
 from .numba_dispatch import _span
+from .numba_math import _exp
 
 
 # ============================================================================================
@@ -26,12 +29,12 @@ def _sce_int_rows(x, labels, grad, inv_n):
         xi = x[i]
         gi = grad[i]
         m = xi[0]
-        for j in range(1, ncol):
+        for j in range(ncol):
             v = xi[j]
             m = v if v > m else m
         s = x.dtype.type(0.0)
         for j in range(ncol):
-            e = np.exp(xi[j] - m)
+            e = _exp(xi[j] - m)
             gi[j] = e
             s += e
         lse = m + np.log(s)
@@ -58,12 +61,12 @@ def _sce_prob_rows(x, t, grad, inv_n):
         ti = t[i]
         gi = grad[i]
         m = xi[0]
-        for j in range(1, ncol):
+        for j in range(ncol):
             v = xi[j]
             m = v if v > m else m
         s = x.dtype.type(0.0)
         for j in range(ncol):
-            e = np.exp(xi[j] - m)
+            e = _exp(xi[j] - m)
             gi[j] = e
             s += e
         lse = m + np.log(s)

@@ -8,162 +8,22 @@ reference's `saved` layout. Backward step: dh (+ dy_t), the dc update, the four 
 derivatives, dc <- f dc, and the rows of dz_t summed into the bias gradient while they are in
 cache (per block of rows in the parallel driver: no two threads add into the same memory).
 
-Why the forward can be fused here at all: Numba has no SVML on this machine, so `np.tanh` /
-`math.exp` in a kernel are scalar libm calls (4-6x slower than NumPy's SIMD tanh; a fused forward
-built on them measured 3.5x slower than the reference). Float32 therefore gets its own exp,
-tanh and sigmoid written as plain arithmetic that LLVM vectorizes (8 lanes under AVX2):
-- exp: Cephes expf. n = floor(x log2 e + 1/2), r = x - n ln 2 (ln 2 split in two), a degree-6
-  polynomial, times 2**n built from exponent bits (`_pow2`, LLVM integer ops and bitcasts).
-  Max error 1.4 ulp. Callers clamp its argument (tanh's is in [0, 20] anyway).
-- tanh: |x| < 0.625 Cephes' odd polynomial (no cancellation near 0), else
-  1 - 2 / (exp(2|x|) + 1) with the sign put back; |x| is clamped at 10 (tanh is 1.0f there).
-  Max error 1.3 ulp against float64 (np.tanh: 1.4).
-- sigmoid: 1 / (1 + exp(-x)); max error ~2 ulp, and sigmoid(-inf) = 0, sigmoid(inf) = 1.
-- NaN in gives NaN out (the fastmath flags keep NaN semantics; clamps are selects on compares
-  that are false for NaN, and no float -> int conversion sees it).
-Float64 takes `math.tanh` (sigmoid as the reference's 0.5 tanh(x/2) + 0.5): exact to ~1 ulp,
-scalar; float64 is the gradcheck path, not the fast one. `_tanh` / `_sigmoid` pick by type at
-compile time (`overload`), so each kernel is written once.
-
-Vectorization rules the kernels follow (measured: breaking either costs 4-8x per step):
-- every loop runs over range(len(slice)) of a row slice: an index like `hid + k` may be negative
-  as far as Numba knows, and the wraparound select it keeps stops LLVM from vectorizing;
-- the math helpers are inlined at Numba-IR level (`inline="always"`): left to LLVM, a kernel
-  calling them a dozen times keeps them as scalar calls.
+Why the forward can be fused here at all: the gate nonlinearities are the vectorizable float32
+exp / tanh / sigmoid of numba_math.py (Numba has no SVML here: scalar libm tanh made a fused
+forward 3.5x slower than the reference). Float64 takes `math.tanh` (sigmoid as the reference's
+0.5 tanh(x/2) + 0.5). The kernels follow numba_math's vectorization rules: every loop runs over
+range(len(slice)) of a row slice, and the math helpers are inlined at Numba-IR level.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
 from .numba_dispatch import _span
-
-_INLINE = dict(_SER, inline="always")
-_f4 = np.float32
-
-
-# ============================================================================================
-# Vectorizable float32 exp / tanh / sigmoid
-# ============================================================================================
-@intrinsic
-def _pow2(typingctx, n):
-    """2**n for an integral float32 n in [-126, 128] (128 gives inf). n + 1.5 * 2**23 holds n in
-    its low mantissa bits, so the float's bits minus those of 1.5 * 2**23, plus 127, shifted
-    left 23 are the bits of 2**n. No float -> int conversion: that would be LLVM poison for a
-    NaN, while this gives some finite power of 2, and the caller's arithmetic keeps the NaN."""
-    if n != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32, f32 = ir.IntType(32), ir.FloatType()
-        m = builder.bitcast(builder.fadd(args[0], ir.Constant(f32, 12582912.0)), i32)
-        k = builder.add(m, ir.Constant(i32, 127 - 0x4B400000))
-        return builder.bitcast(builder.shl(k, ir.Constant(i32, 23)), f32)
-
-    return types.float32(types.float32), codegen
-
-
-_ONE, _TWO, _HALF, _ZERO = _f4(1.0), _f4(2.0), _f4(0.5), _f4(0.0)
-_LOG2E = _f4(1.44269504088896341)
-_LN2_HI, _LN2_LO = _f4(0.693359375), _f4(-2.12194440e-4)
-_E0, _E1, _E2, _E3, _E4, _E5 = (
-    _f4(1.9875691500e-4),
-    _f4(1.3981999507e-3),
-    _f4(8.3334519073e-3),
-    _f4(4.1665795894e-2),
-    _f4(1.6666665459e-1),
-    _f4(5.0000001201e-1),
-)
-_T0, _T1, _T2, _T3, _T4 = (
-    _f4(-5.70498872745e-3),
-    _f4(2.06390887954e-2),
-    _f4(-5.37397155531e-2),
-    _f4(1.33314422036e-1),
-    _f4(-3.33332819422e-1),
-)
-_TANH_SMALL, _TANH_CLAMP = _f4(0.625), _f4(10.0)
-# sigmoid's exp argument -x, clamped: from 88.38 on 2**n overflows to inf, so sigmoid is exactly
-# 0 from x = -88.38 (the true value is below FLT_MIN there); below -87.3, exp(-x) would be
-# subnormal, and 1 / (1 + FLT_MIN) is 1 anyway.
-_SIG_HI, _SIG_LO = _f4(89.0), _f4(-87.3)
-
-
-@njit(**_SER)
-def _sel(c, a, b):
-    """a if c else b, as a function: a conditional expression inside an `inline="always"`
-    function makes Numba's SSA pass warn (NumbaIRAssumptionWarning); LLVM inlines this one."""
-    return a if c else b
-
-
-@njit(**_INLINE)
-def _exp32(v):
-    """exp(v), float32, vectorizable (Cephes expf), for v in [-87.3, 89] (the callers clamp):
-    1.4 ulp; from 88.38 on inf (2**128; the true exp overflows at 88.72). NaN stays NaN."""
-    n = np.floor(v * _LOG2E + _HALF)
-    r = v - n * _LN2_HI
-    r = r - n * _LN2_LO
-    p = _E0 * r + _E1
-    p = p * r + _E2
-    p = p * r + _E3
-    p = p * r + _E4
-    p = p * r + _E5
-    return (p * (r * r) + r + _ONE) * _pow2(n)
-
-
-@njit(**_INLINE)
-def _tanh32(x):
-    """tanh(x), float32, vectorizable: odd polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere.
-    NaN stays NaN (the clamp's compare is false for it, and arithmetic keeps it)."""
-    a = np.abs(x)
-    a = _sel(a > _TANH_CLAMP, _TANH_CLAMP, a)
-    big = _ONE - _TWO / (_exp32(a + a) + _ONE)
-    big = _sel(x < _ZERO, -big, big)
-    z = x * x
-    s = _T0 * z + _T1
-    s = s * z + _T2
-    s = s * z + _T3
-    s = s * z + _T4
-    return _sel(a < _TANH_SMALL, s * z * x + x, big)
-
-
-@njit(**_INLINE)
-def _sigmoid32(x):
-    """1 / (1 + exp(-x)), float32, vectorizable; exactly 0 / 1 at -inf / inf; NaN stays NaN."""
-    v = -x
-    v = _sel(v > _SIG_HI, _SIG_HI, v)
-    v = _sel(v < _SIG_LO, _SIG_LO, v)
-    return _ONE / (_ONE + _exp32(v))
-
-
-def _tanh(x):
-    """tanh in a kernel: the vectorizable float32 one, else math.tanh (see `_ov_tanh`)."""
-    return math.tanh(x)
-
-
-def _sigmoid(x):
-    """sigmoid in a kernel: the vectorizable float32 one, else the reference's formula."""
-    return 0.5 * math.tanh(0.5 * x) + 0.5
-
-
-@overload(_tanh, inline="always")
-def _ov_tanh(x):
-    if x == types.float32:
-        return lambda x: _tanh32(x)
-    return lambda x: math.tanh(x)
-
-
-@overload(_sigmoid, inline="always")
-def _ov_sigmoid(x):
-    if x == types.float32:
-        return lambda x: _sigmoid32(x)
-    return lambda x: 0.5 * math.tanh(0.5 * x) + 0.5
+from .numba_math import INLINE as _INLINE
+from .numba_math import _sigmoid, _tanh
 
 
 # ============================================================================================

@@ -233,6 +233,69 @@ def test_nan_propagates_like_reference():
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transcendental_activations_run_in_numba(dtype, monkeypatch):
+    """sigmoid / tanh / gelu (forward and backward) and softmax take the Numba kernels, not the
+    reference (numba_math's float32 functions made them faster than NumPy: NUMPY_FASTER)."""
+    ops, _ = make_ops(False, dtype)
+    for name in ("sigmoid", "tanh", "gelu", "softmax", "backprop_gelu", "activation_forward"):
+        monkeypatch.setattr(Ops, name, None)  # calling the reference would raise
+    x = np.linspace(-6, 6, 37).astype(dtype)
+    for act in ("sigmoid", "tanh", "gelu"):
+        y, saved = ops.activation_forward(x, act)
+        ops.activation_backward(np.ones_like(x), saved, act)
+        getattr(ops, act)(x)
+    ops.backprop_gelu(np.ones_like(x), x)
+    ops.softmax(x.reshape(1, -1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "gelu", "softmax"])
+def test_activations_at_special_values_match_reference(dtype, act):
+    """+-inf, NaN, +-dtype max, values beyond every exp's range: the same NaN positions and
+    (to rounding) the same values as the reference, forward and backward; the serial and
+    parallel drivers alike. Softmax rows: -inf entries, a NaN row, a 200-wide spread (exps
+    below float32's normal range are 0 here, subnormal in the reference: within atol)."""
+    big = np.finfo(dtype).max
+    x = np.array(
+        [-np.inf, -big, -1e30, -100, -88.5, -20.5, -1, -0.0, 0.0, 1e-30, 1, 20.5, 88.5, 100]
+        + [1e30, big, np.inf, np.nan],
+        dtype,
+    )
+    if act == "softmax":
+        x = np.array(
+            [[0.0, -np.inf, 1, 2], [np.nan, 0, 1, 2], [-100, 100, 0, -103], [-big, big, 0, 1]],
+            dtype,
+        )
+    dy = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype)
+    for parallel in (False, True):
+        ops, ref = make_ops(parallel, dtype)
+        with np.errstate(all="ignore"):
+            got, saved = ops.activation_forward(x, act)
+            want, saved_r = ref.activation_forward(x, act)
+            dgot = ops.activation_backward(dy, saved, act)
+            dwant = ref.activation_backward(dy, saved_r, act)
+        for g, w in ((got, want), (dgot, dwant)):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+            ok = ~np.isnan(w)
+            np.testing.assert_allclose(g[ok], w[ok], rtol=RTOL[dtype], atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_extreme_logits(dtype):
+    """Logit spreads beyond exp's range (the small probabilities are 0 or subnormal) and
+    huge logits: loss and gradient as the reference's, finite."""
+    big = float(np.finfo(dtype).max) / 4
+    logits = np.array([[0, -200, 200, 1], [1e30, -1e30, 0, 0], [big, -big, 0, 2]], dtype)
+    ops, ref = make_ops(False, dtype)
+    for labels in (np.array([0, 1, 2]), np.eye(4, dtype=dtype)[[3, 0, 1]]):
+        loss, grad = ops.softmax_cross_entropy(logits, labels)
+        loss_r, grad_r = ref.softmax_cross_entropy(logits, labels)
+        assert np.isfinite(grad).all()
+        np.testing.assert_allclose(loss, loss_r, rtol=RTOL[dtype])
+        np.testing.assert_allclose(grad, grad_r, rtol=RTOL[dtype], atol=1e-30)
+
+
 def test_softmax_other_axis_falls_back():
     rng = np.random.default_rng(3)
     ops, ref = make_ops(False)

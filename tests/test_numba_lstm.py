@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("numba", reason="the numba backend needs Numba (pip install numba)")
-from nnx.kernels import numba_dispatch, numba_lstm  # noqa: E402
+from nnx.kernels import numba_dispatch, numba_math  # noqa: E402
 from nnx.kernels.numba_cpu import NumbaOps  # noqa: E402
 from nnx.kernels.reference import Ops  # noqa: E402
 from numba import njit  # noqa: E402
@@ -86,11 +86,11 @@ def _map(x, y, which):
     for k in range(len(x)):
         v = x[k]
         if which == 0:
-            y[k] = numba_lstm._exp32(v)
+            y[k] = numba_math._exp32(v)
         elif which == 1:
-            y[k] = numba_lstm._tanh32(v)
+            y[k] = numba_math._tanh32(v)
         else:
-            y[k] = numba_lstm._sigmoid32(v)
+            y[k] = numba_math._sigmoid32(v)
 
 
 def _ulps(got, want):
