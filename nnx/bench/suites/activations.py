@@ -57,7 +57,21 @@ def act_case(act, shape) -> Case:
     return Case(
         name=f"act {act} fwd+bwd {fmt_shape(*shape)}", suite="activations", setup=setup,
         flops=None, bytes=F32 * 5 * size,  # fwd: x -> y; bwd: dy, saved -> dx
-        params={"activation": act, "shape": list(shape)}, group="activations", bound="memory")
+        params={"activation": act, "shape": list(shape)}, group="activations", bound="memory",
+        why={"numba": ACT_WHY[act]} if act in ACT_WHY else {})
+
+
+# Shown in the table only where numba measured slower than torch (2026-11-29 run: relu 0.90x,
+# leaky_relu 0.96x, softmax 0.81-1.31x; the others 1.7-3.7x ahead).
+_MEMORY = ("memory-bound: one pass each way over the same bytes as torch's kernel (nnx "
+           "allocates the output and keeps it for the backward); within the rounds' noise")
+ACT_WHY = {
+    "relu": _MEMORY,
+    "leaky_relu": _MEMORY,
+    "softmax": ("not settled: the row maximum stays a scalar loop (its compare keeps NaN "
+                "propagating) while the exp and sums vectorize; behind at 128x512, ahead at "
+                "1024x4096"),
+}
 
 
 @suite("activations", "every activation, forward + backward (memory-bound elementwise kernels)")

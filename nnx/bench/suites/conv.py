@@ -70,9 +70,9 @@ def conv_case(shape, direction) -> Case:
 
 # Shown in the table only where the backend measured slower than torch at that shape.
 CONV_WHY = {"numba": "im2col + OpenBLAS GEMMs per group of samples (kernels/numba_conv.py) "
-                     "against oneDNN's direct convolution: the GEMMs are 60-75% of numba's time "
-                     "and OpenBLAS gains 1.3-1.7x from a second thread at these shapes, oneDNN "
-                     "about 2x (numba leads with 1 thread)"}
+                     "against oneDNN's direct convolution, which runs these shapes nearer the "
+                     "peak (2026-11-29: 59-85% against 30-64%) and gains more from a second "
+                     "thread; the whole CNN training step is still ahead (cnn suite)"}
 
 
 @suite("conv2d", "Conv2D forward and forward+backward at the MNIST CNN's shapes")
