@@ -83,6 +83,33 @@ def _ow_range(off, sw, W, Wo):
 
 
 @njit(**_SER)
+def _shift_span(top, off, H, W, Ho, Wo):
+    """Stride 1, Wo == W: output rows [a, b) read input rows [a + top, b + top); their flat
+    block [a*Wo + d0, a*Wo + d1) maps to the flat plane at [s0 + d0, s0 + d1) (d0 > 0 or d1 short
+    only where the block reaches past the plane, in border columns)."""
+    a = min(max(0, -top), Ho)
+    b = max(a, min(Ho, H - top))
+    s0 = (a + top) * W + off
+    d0 = max(0, -s0)
+    d1 = max(d0, min((b - a) * Wo, H * W - s0))
+    return a, b, s0, d0, d1
+
+
+@njit(**_SER)
+def _zero_border_cols(row, a, b, lo, hi, Wo):
+    """Zero the columns outside [lo, hi) of rows [a, b) of a (rows x Wo) row block: one
+    strided slice per column."""
+    for q in range(lo):
+        col = row[a * Wo + q:b * Wo:Wo]
+        for k in range(len(col)):
+            col[k] = 0
+    for q in range(hi, Wo):
+        col = row[a * Wo + q:b * Wo:Wo]
+        for k in range(len(col)):
+            col[k] = 0
+
+
+@njit(**_SER)
 def _im2col_plane(x, xf, n0, c, g, buf, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo):
     """The kh*kw rows (c, i, j) of sample g's block of the group's im2col matrix.
 
@@ -107,29 +134,18 @@ def _im2col_plane(x, xf, n0, c, g, buf, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo):
                 # output row oh reads input row oh + top: the valid rows are one contiguous
                 # span of the flat plane shifted by top*W + off; the border columns it wraps
                 # into are zeroed after.
-                a = min(max(0, -top), Ho)
-                b = max(a, min(Ho, H - top))
+                a, b, s0, d0, d1 = _shift_span(top, off, H, W, Ho, Wo)
                 head = row[:a * Wo]
                 for k in range(len(head)):
                     head[k] = 0
                 tail = row[b * Wo:]
                 for k in range(len(tail)):
                     tail[k] = 0
-                s0 = (a + top) * W + off
-                d0 = max(0, -s0)
-                d1 = max(d0, min((b - a) * Wo, H * W - s0))
                 dst = row[a * Wo + d0:a * Wo + d1]
                 src = flat[s0 + d0:s0 + d1]
                 for k in range(len(dst)):
                     dst[k] = src[k]
-                for q in range(lo):  # border columns: one strided slice each
-                    col = row[a * Wo + q:b * Wo:Wo]
-                    for k in range(len(col)):
-                        col[k] = 0
-                for q in range(hi, Wo):
-                    col = row[a * Wo + q:b * Wo:Wo]
-                    for k in range(len(col)):
-                        col[k] = 0
+                _zero_border_cols(row, a, b, lo, hi, Wo)
                 continue
             for oh in range(Ho):
                 seg = row[oh * Wo:(oh + 1) * Wo]
@@ -258,19 +274,8 @@ def _col2im_task(dcols, dx, dxf, n0, t, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo):
             off = j * dw - pl
             lo, hi = _ow_range(off, sw, W, Wo)
             if sh == 1 and sw == 1 and Wo == W:
-                a = min(max(0, -top), Ho)
-                b = max(a, min(Ho, H - top))
-                for q in range(lo):
-                    col = row[a * Wo + q:b * Wo:Wo]
-                    for k in range(len(col)):
-                        col[k] = 0
-                for q in range(hi, Wo):
-                    col = row[a * Wo + q:b * Wo:Wo]
-                    for k in range(len(col)):
-                        col[k] = 0
-                s0 = (a + top) * W + off
-                d0 = max(0, -s0)
-                d1 = max(d0, min((b - a) * Wo, H * W - s0))
+                a, b, s0, d0, d1 = _shift_span(top, off, H, W, Ho, Wo)
+                _zero_border_cols(row, a, b, lo, hi, Wo)  # wrapped cells must add nothing
                 src = row[a * Wo + d0:a * Wo + d1]
                 dst = flat[s0 + d0:s0 + d1]
                 for k in range(len(dst)):
