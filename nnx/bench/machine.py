@@ -13,7 +13,6 @@ throughput as a fraction of these.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
@@ -22,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from nnx import threads as nnx_threads
 from nnx.sysinfo import collect
 
 from .timing import HostClock, Stats
@@ -30,63 +30,19 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
               "OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "OMP_PROC_BIND")
 
 
-# -- BLAS threads (threadpoolctl-free) -------------------------------------------------------
-_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-        "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
-_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-        "openblas_get_num_threads64_", "openblas_get_num_threads", "MKL_Get_Max_Threads")
-
-
-def _loaded_blas_libs() -> list[str]:
-    """Paths of loaded shared objects that look like a BLAS (Linux: /proc/self/maps)."""
-    import numpy  # noqa: F401  (make sure NumPy's BLAS is loaded)
-
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 6 or ".so" not in parts[-1]:
-                    continue
-                p = parts[-1]
-                name = os.path.basename(p).lower()
-                if ("openblas" in name or "mkl_rt" in name) and p not in paths:
-                    paths.append(p)
-    except OSError:
-        pass
-    return paths
-
-
-def _blas_funcs(names):
-    out = []
-    for path in _loaded_blas_libs():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for n in names:
-            fn = getattr(lib, n, None)
-            if fn is not None:
-                out.append((os.path.basename(path), fn))
-                break
-    return out
-
-
+# -- BLAS threads: nnx.threads finds and drives the loaded OpenBLAS / MKL -------------------
 def blas_threads() -> int | None:
     """NumPy's BLAS thread count, or None when no known BLAS is found."""
-    for _path, fn in _blas_funcs(_GET):
-        fn.restype = ctypes.c_int
-        return int(fn())
-    return None
+    import numpy  # noqa: F401  (make sure NumPy's BLAS is loaded)
+
+    return nnx_threads.blas_threads()
 
 
 def set_blas_threads(n: int) -> bool:
-    ok = False
-    for _path, fn in _blas_funcs(_SET):
-        fn.argtypes = [ctypes.c_int]
-        fn(int(n))
-        ok = True
-    return ok
+    """Set NumPy's BLAS thread count; False when no known BLAS is loaded."""
+    import numpy  # noqa: F401
+
+    return nnx_threads.set_blas_threads(n)
 
 
 def numba_threads() -> int | None:
