@@ -265,18 +265,19 @@ class SigmoidCrossEntropy(Loss):
 BinaryCrossEntropy = SigmoidCrossEntropy  # the former class name (from logits)
 
 
-class BinaryCrossentropy(SigmoidCrossEntropy):
-    """BinaryCrossentropy(from_logits=False): Keras's binary cross-entropy, on probabilities
-    (a sigmoid output) clipped to [1e-7, 1 - 1e-7]: -(t log p + (1 - t) log(1 - p)), per
-    position the mean over the last axis. With a sigmoid-ending model the loss is computed
-    from the logits instead (`logits_loss`). from_logits=True: as SigmoidCrossEntropy."""
+class _KerasProbabilities:
+    """Keras's `from_logits` switch, shared by BinaryCrossentropy and CategoricalCrossentropy,
+    placed before the logits loss they derive from: by default the loss takes probabilities
+    (the model's last activation is `PROBABILITIES_FROM`) and `logits_loss` hands a model that
+    ends in that activation to the logits class; from_logits=True is the logits class itself."""
 
-    name = "binary_crossentropy"
+    PROBABILITIES_FROM: str  # the activation whose output the loss takes by default
+    LOGITS_LOSS: type  # the logits loss it derives from
 
     def __init__(self, from_logits: bool = False, name: str | None = None):
         super().__init__(name)
         self.from_logits = _check_flag(type(self).__name__, "from_logits", from_logits)
-        self.output_activation = None if self.from_logits else "sigmoid"
+        self.output_activation = None if self.from_logits else self.PROBABILITIES_FROM
         self.takes = "logits" if self.from_logits else "probabilities"
 
     def __repr__(self) -> str:
@@ -286,6 +287,27 @@ class BinaryCrossentropy(SigmoidCrossEntropy):
         if self.from_logits:
             return super()._mean(ops, output, targets)
         return Loss._mean(self, ops, output, targets)
+
+    def logits_loss(self):
+        """The logits loss a model ending in `PROBABILITIES_FROM` is trained with (None with
+        from_logits=True: this loss already takes logits)."""
+        return None if self.from_logits else self.LOGITS_LOSS()
+
+    def get_config(self):
+        """{"class", "config": {"from_logits", "name"}}: what rebuilds this loss."""
+        return {"class": type(self).__name__,
+                "config": {"from_logits": self.from_logits, "name": self.name}}
+
+
+class BinaryCrossentropy(_KerasProbabilities, SigmoidCrossEntropy):
+    """BinaryCrossentropy(from_logits=False): Keras's binary cross-entropy, on probabilities
+    (a sigmoid output) clipped to [1e-7, 1 - 1e-7]: -(t log p + (1 - t) log(1 - p)), per
+    position the mean over the last axis. With a sigmoid-ending model the loss is computed
+    from the logits instead (`logits_loss`). from_logits=True: as SigmoidCrossEntropy."""
+
+    name = "binary_crossentropy"
+    PROBABILITIES_FROM = "sigmoid"
+    LOGITS_LOSS = SigmoidCrossEntropy
 
     def per_position(self, ops, output, targets):
         if self.from_logits:
@@ -300,16 +322,9 @@ class BinaryCrossentropy(SigmoidCrossEntropy):
             return elem.mean(axis=-1), grad / output.shape[-1]
         return elem, grad
 
-    def logits_loss(self):
-        return None if self.from_logits else SigmoidCrossEntropy()
-
     def correct(self, ops, output, targets):
         threshold = 0 if self.from_logits else 0.5
         return ((output > threshold) == (targets > 0.5)).sum() / output.shape[-1]
-
-    def get_config(self):
-        return {"class": type(self).__name__,
-                "config": {"from_logits": self.from_logits, "name": self.name}}
 
 
 def _first_index(mask) -> tuple:
@@ -423,7 +438,7 @@ class SoftmaxCrossEntropy(Loss):
         return ops.asarray(y, dtype=None if y.dtype.kind in "iu" else ops.dtype)
 
 
-class CategoricalCrossentropy(SoftmaxCrossEntropy):
+class CategoricalCrossentropy(_KerasProbabilities, SoftmaxCrossEntropy):
     """CategoricalCrossentropy(from_logits=False): Keras's categorical cross-entropy, on
     probabilities (a softmax output): each row normalized to sum 1 and clipped to
     [1e-7, 1 - 1e-7], then -sum(t log p). Targets one-hot / probabilities (N, ..., C), or
@@ -431,20 +446,8 @@ class CategoricalCrossentropy(SoftmaxCrossEntropy):
     instead (`logits_loss`, the fused kernel). from_logits=True: as SoftmaxCrossEntropy."""
 
     name = "categorical_crossentropy"
-
-    def __init__(self, from_logits: bool = False, name: str | None = None):
-        super().__init__(name)
-        self.from_logits = _check_flag(type(self).__name__, "from_logits", from_logits)
-        self.output_activation = None if self.from_logits else "softmax"
-        self.takes = "logits" if self.from_logits else "probabilities"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(from_logits={self.from_logits}, name={self.name!r})"
-
-    def _mean(self, ops, output, targets):
-        if self.from_logits:
-            return super()._mean(ops, output, targets)
-        return Loss._mean(self, ops, output, targets)
+    PROBABILITIES_FROM = "softmax"
+    LOGITS_LOSS = SoftmaxCrossEntropy
 
     def per_position(self, ops, output, targets):
         if self.from_logits:
@@ -460,12 +463,6 @@ class CategoricalCrossentropy(SoftmaxCrossEntropy):
         gq = -(t / qc) * inside  # d values / d q, then through q = p / sum(p)
         return values, (gq - (gq * q).sum(axis=-1, keepdims=True)) / s
 
-    def logits_loss(self):
-        return None if self.from_logits else SoftmaxCrossEntropy()
-
-    def get_config(self):
-        return {"class": type(self).__name__,
-                "config": {"from_logits": self.from_logits, "name": self.name}}
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
