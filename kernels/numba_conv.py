@@ -332,7 +332,7 @@ def conv_groups(x, Wm, geo, b, out):
     O, K = Wm.shape
     P = out.shape[2]
     dt = x.dtype
-    xf = x.reshape(N, C, -1)
+    xf = x.reshape(N, C, x.shape[2] * x.shape[3])  # not -1: N may be 0
     has_b = b is not None
     bb = b if has_b else np.zeros(1, dtype=dt)
     G = group_size(N, K, P, dt.itemsize, nchunks(N * K * P))
@@ -389,15 +389,15 @@ class NumbaConvKernels:
         K, P = C * kh * kw, Ho * Wo
         dt = x.dtype
         x = _c(x)
-        xf = x.reshape(N, C, -1)
+        xf = x.reshape(N, C, x.shape[2] * x.shape[3])  # not -1: N may be 0
         dy3 = _c(dy).reshape(N, O, P)
         Wm = _c(W).reshape(O, K)
-        dW = np.empty((O, K), dtype=dt)
+        dW = np.zeros((O, K), dtype=dt) if N == 0 else np.empty((O, K), dtype=dt)  # no group
         part = np.empty((O, K), dtype=dt)
         dbp = np.empty(O, dtype=np.float64)
         db64 = np.zeros(O, dtype=np.float64)
         dx = np.empty(x.shape, dtype=dt) if need_dx else None
-        dxf = dx.reshape(N, C, -1) if need_dx else None
+        dxf = dx.reshape(N, C, H * Wd) if need_dx else None
         G = group_size(N, K, P, dt.itemsize, nchunks(N * K * P))
         buf = np.empty((K, G * P), dtype=dt)
         dyt = np.empty((O, G * P), dtype=dt)
