@@ -130,7 +130,8 @@ class NumbaRecurrentKernels:
         if dhs is not None and not dhs.flags.c_contiguous:
             dy_tm = True
             dy = _c(np.swapaxes(dhs, 0, 1))
-        dh = dummy if dh_last is None else _c(dh_last)
+        # zeros, not the dummy: with no timesteps this is the dh0 returned
+        dh = np.zeros((n, hid), dtype=dt) if dh_last is None else _c(dh_last)
         buf = np.empty((n, hid), dtype=dt)  # dz_t W_hh^T, rewritten every step
         nc = nchunks(n * g4)
         dbp = np.zeros((nc, g4), dtype=dt)  # bias-gradient partials, one row per block of rows

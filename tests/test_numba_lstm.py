@@ -303,3 +303,25 @@ def test_numba_backend_uses_these_kernels():
     ops = nnx.backend.get_ops("numba")
     for name in ("lstm_forward", "lstm_backward"):
         assert getattr(type(ops), name) is vars(NumbaRecurrentKernels)[name]
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (2, 0, 3)], ids=["no-samples", "no-timesteps"])
+@pytest.mark.parametrize("need_dh0", [True, False])
+def test_empty_sequences_match_the_reference(shape, need_dh0):
+    rng = np.random.default_rng(5)
+    W_ih = rng.standard_normal((3, 16)).astype(np.float32)
+    W_hh = rng.standard_normal((4, 16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    x = np.zeros(shape, np.float32)
+    got, want = [], []
+    for ops, out in ((NumbaOps(seed=0), got), (Ops(seed=0), want)):
+        hs, saved = ops.lstm_forward(x, W_ih, W_hh, b)[:2]
+        out.append(hs)
+        out.extend(ops.lstm_backward(np.ones_like(hs), x, W_ih, W_hh, saved,
+                                     need_dh0=need_dh0))
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            assert g is None
+        else:
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
