@@ -33,6 +33,7 @@ from numba import njit
 
 from nnx import compat
 
+from .numba_blas import gemm_for
 from .numba_common import GELU
 from .numba_common import SER as _SER
 
@@ -66,6 +67,26 @@ def nchunks(work: int) -> int:
     if work < PAR_MIN_ELEMS or SERIAL_NEXT_TO_BLAS:
         return 1
     return numba.get_num_threads()
+
+
+# A recurrence whose batch splits into blocks of at least this many rows runs each block through
+# every timestep on its own thread, with single-threaded BLAS calls (numba_blas). Below, a
+# block's GEMMs are too small to gain on OpenBLAS's own threads splitting one GEMM.
+SEQ_MIN_ROWS = 16
+
+
+def row_blocks(n_rows: int, dtype) -> tuple | None:
+    """(gemm address, ilp64, blocks) for a recurrence over `n_rows` batch rows run as blocks of
+    rows, one thread each (numba_blas), or None for the per-step path: one Numba thread, too few
+    rows, OpenBLAS's workers spinning after each GEMM (`SERIAL_NEXT_TO_BLAS`), or no BLAS GEMM
+    that Numba can call for `dtype`."""
+    if SERIAL_NEXT_TO_BLAS or n_rows < 2 * SEQ_MIN_ROWS:
+        return None
+    nt = numba.get_num_threads()
+    gemm = gemm_for(dtype) if nt > 1 else None
+    if gemm is None:
+        return None
+    return gemm[0], gemm[1], min(nt, n_rows // SEQ_MIN_ROWS)
 
 
 def dispatch(nc: int, ser, par, *args, chunked: bool = True):

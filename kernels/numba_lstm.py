@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from numba import njit, prange
 
+from .numba_blas import gemm_rows
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
 from .numba_dispatch import _span
@@ -161,3 +162,47 @@ def _lstm_bwd_par(
         _bwd_rows(
             lo, hi, t, gates, tcs, cs, c0, has_c0, dh, has_dh, dy, dy_tm, has_dy, dc, dz, dbp[c]
         )
+
+
+# ============================================================================================
+# Whole sequences: each thread carries a block of batch rows through every timestep
+# ============================================================================================
+@njit(**_PAR)
+def _lstm_fwd_seq(addr, ilp64, x_tm, W_ih, gates, b, W_hh, h0, has_h0, cs, tcs, hs, c0, has_c0,
+                  nchunks):
+    """The forward of every timestep, `prange` over nchunks blocks of batch rows. Per step, the
+    block's rows of gates[t] = x_t W_ih (+ h_{t-1} W_hh) by the BLAS at `addr` (single-threaded,
+    in this thread), then `_fwd_rows` on them while they are in cache: the input projection is
+    never a separate (T, N, 4H) pass through memory. Rows never depend on other rows, so the
+    blocks need no barrier."""
+    t_len, n = gates.shape[0], gates.shape[1]
+    for c in prange(nchunks):
+        lo, hi = _span(c, nchunks, n)
+        for t in range(t_len):
+            g = gates[t]
+            gemm_rows(addr, ilp64, x_tm[t], W_ih, False, g, lo, hi, False)
+            if t > 0 or has_h0:
+                gemm_rows(addr, ilp64, hs[t - 1] if t > 0 else h0, W_hh, False, g, lo, hi, True)
+            _fwd_rows(lo, hi, t, gates, b, g, False, cs, tcs, hs, c0, has_c0)
+
+
+@njit(**_PAR)
+def _lstm_bwd_seq(
+    addr, ilp64, gates, tcs, cs, c0, has_c0, dh, has_dh_last, dy, dy_tm, has_dy, dc, dz, W_hh,
+    need_dh0, dbp, nchunks,
+):
+    """BPTT over every timestep, `prange` over nchunks blocks of batch rows: per step
+    `_bwd_rows` on the block (its bias-gradient partial in dbp[c]), then the block's rows of
+    dh = dz_t W_hh^T, written over the dh just read (same rows, same thread). After the loop dh
+    holds dh0 when need_dh0 (the t = 0 GEMM is skipped otherwise)."""
+    t_len, n = gates.shape[0], gates.shape[1]
+    for c in prange(nchunks):
+        lo, hi = _span(c, nchunks, n)
+        for t in range(t_len - 1, -1, -1):
+            has_dh = t < t_len - 1 or has_dh_last
+            _bwd_rows(
+                lo, hi, t, gates, tcs, cs, c0, has_c0, dh, has_dh, dy, dy_tm, has_dy, dc, dz,
+                dbp[c],
+            )
+            if t > 0 or need_dh0:
+                gemm_rows(addr, ilp64, dz[t], W_hh, True, dh, lo, hi, False)

@@ -51,14 +51,23 @@ def close(got, want, dt):
 
 @contextlib.contextmanager
 def drivers(par):
-    """The parallel drivers forced on (PAR_MIN_ELEMS = 0) when `par`."""
+    """The per-step drivers ("serial"; "parallel": PAR_MIN_ELEMS = 0), or "rows": blocks of
+    batch rows carried through every timestep by their own threads with single-threaded BLAS
+    calls (SEQ_MIN_ROWS = 1, so that even 3 rows split), which needs 2 Numba threads and an
+    OpenBLAS whose GEMM Numba can call."""
     with pytest.MonkeyPatch.context() as m:
-        if par:
+        if par == "parallel":
             m.setattr(numba_dispatch, "PAR_MIN_ELEMS", 0)
+        if par == "rows":
+            m.setattr(numba_dispatch, "SEQ_MIN_ROWS", 1)
+            if numba_dispatch.row_blocks(2, np.float32) is None:
+                pytest.skip("row blocks need 2 Numba threads and NumPy's OpenBLAS")
+        else:
+            m.setattr(numba_dispatch, "SEQ_MIN_ROWS", 1 << 30)
         yield
 
 
-PAR = pytest.mark.parametrize("par", [False, True], ids=["serial", "parallel"])
+PAR = pytest.mark.parametrize("par", ["serial", "parallel", "rows"])
 
 
 def strided(a):
