@@ -182,3 +182,22 @@ def gemm_rows(addr, ilp64, a, b, trans_b, c, lo, hi, accumulate):
     else:
         _gemm32(addr, NO_TRANS, tb, m, n, k, one, pa, k, pb, b.shape[1], beta, pc, n)
 
+
+
+@njit(**_SER)
+def gemm(addr, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """c (m x n, leading dimension ldc) = op(a) @ op(b) + beta c, row-major, in this thread, by
+    the BLAS at `addr`; a, b, c arrays whose first element starts each matrix (any strides the
+    leading dimensions describe). Nothing happens when m or n is 0; k = 0 scales c by beta."""
+    if m <= 0 or n <= 0:
+        return
+    one = c.dtype.type(1.0)
+    bt = c.dtype.type(beta)
+    ta = TRANS if trans_a else NO_TRANS
+    tb = TRANS if trans_b else NO_TRANS
+    lda, ldb, ldc = max(1, lda), max(1, ldb), max(1, ldc)
+    pa, pb, pc = a.ctypes.data, b.ctypes.data, c.ctypes.data
+    if ilp64:
+        _gemm64(addr, ta, tb, m, n, k, one, pa, lda, pb, ldb, bt, pc, ldc)
+    else:
+        _gemm32(addr, ta, tb, m, n, k, one, pa, lda, pb, ldb, bt, pc, ldc)

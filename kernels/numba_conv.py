@@ -41,8 +41,6 @@ from numba import njit, prange
 
 from .numba_common import PAR as _PAR
 from .numba_common import SER as _SER
-from .numba_common import contiguous as _c
-from .numba_common import same_float as _same_float
 from .numba_dispatch import nchunks
 from .reference_conv import out_size, pads2d, pair
 
@@ -348,82 +346,39 @@ def conv_groups(x, Wm, geo, b, out):
     return G
 
 
-# ============================================================================================
-# The mixin
-# ============================================================================================
-class NumbaConvKernels:
-    """Mixin placed before `NumbaLayerKernels` in `NumbaOps`: conv2d forward and backward by
-    groups of samples (see the module docstring); the rest falls back to the reference."""
-
-    def conv2d_forward(self, x, W, b, stride=1, padding=0, dilation=1):
-        """y = conv2d(x, W) + b, NCHW, by groups of samples; `saved` is a tag (the backward
-        rebuilds im2col from x)."""
-        arrays = (x, W) if b is None else (x, W, b)
-        if not (_same_float(*arrays) and x.ndim == 4 and W.ndim == 4
-                and x.shape[1] == W.shape[1]):
-            return super().conv2d_forward(x, W, b, stride, padding, dilation)
-        geo = geometry(x.shape, W.shape, stride, padding, dilation)
-        N, O = x.shape[0], W.shape[0]
-        Ho, Wo = geo[8], geo[9]
-        y = np.empty((N, O, Ho * Wo), dtype=x.dtype)
-        conv_groups(_c(x), _c(W).reshape(O, -1), geo, None if b is None else _c(b).reshape(-1),
-                    y)
-        return y.reshape(N, O, Ho, Wo), (TAG,)
-
-    def conv2d_backward(self, dy, x, W, saved, stride=1, padding=0, dilation=1, need_dx=True,
-                        dW_out=None, db_out=None):
-        """(dx, dW, db) of conv2d_forward by groups of samples: dW and db from im2col rebuilt
-        per group; dx at stride 1 as the convolution of dy with the flipped kernel (no
-        col2im), else col2im per group."""
-        if not (isinstance(saved, tuple) and saved == (TAG,) and _same_float(dy, x, W)):
-            if isinstance(saved, tuple) and saved == (TAG,):
-                saved = super()._im2col(x, W.shape[2], W.shape[3], pair(stride),
-                                        pads2d(padding), pair(dilation))[0]
-            return super().conv2d_backward(dy, x, W, saved, stride, padding, dilation, need_dx,
-                                           dW_out, db_out)
-        geo = geometry(x.shape, W.shape, stride, padding, dilation)
-        kh, kw = geo[:2]
-        Ho, Wo = geo[8], geo[9]
-        N, C, H, Wd = x.shape
-        O = W.shape[0]
-        K, P = C * kh * kw, Ho * Wo
-        dt = x.dtype
-        x = _c(x)
-        xf = x.reshape(N, C, x.shape[2] * x.shape[3])  # not -1: N may be 0
-        dy3 = _c(dy).reshape(N, O, P)
-        Wm = _c(W).reshape(O, K)
-        dW = np.zeros((O, K), dtype=dt) if N == 0 else np.empty((O, K), dtype=dt)  # no group
-        part = np.empty((O, K), dtype=dt)
-        dbp = np.empty(O, dtype=np.float64)
-        db64 = np.zeros(O, dtype=np.float64)
-        dx = np.empty(x.shape, dtype=dt) if need_dx else None
-        dxf = dx.reshape(N, C, H * Wd) if need_dx else None
-        G = group_size(N, K, P, dt.itemsize, nchunks(N * K * P))
-        buf = np.empty((K, G * P), dtype=dt)
-        dyt = np.empty((O, G * P), dtype=dt)
-        dcols = np.empty((K, G * P), dtype=dt) if need_dx else None
-        for n0 in range(0, N, G):
-            g = min(G, N - n0)
-            cols = buf if g == G else np.empty((K, g * P), dtype=dt)
-            dyg = dyt if g == G else np.empty((O, g * P), dtype=dt)
-            _run(cols.size, _im2col_ser, _im2col_par, x, xf, n0, g, cols, *geo)
-            _run(dyg.size, _gather_ser, _gather_par, dy3, n0, g, dyg, dbp)
-            db64 += dbp
-            if n0 == 0:
-                np.matmul(dyg, cols.T, out=dW)
-            else:
-                np.matmul(dyg, cols.T, out=part)
-                dW += part
-            if need_dx:
-                dc = dcols if g == G else np.empty((K, g * P), dtype=dt)
-                np.matmul(Wm.T, dyg, out=dc)
-                _run(dc.size, _col2im_ser, _col2im_par, dc, dx, dxf, n0, g, *geo)
-        dW = dW.reshape(W.shape)
-        if dW_out is not None:
-            dW_out[...] = dW
-            dW = dW_out
-        db = db64.astype(dt)
-        if db_out is not None:
-            db_out[...] = db.reshape(db_out.shape)
-            db = db_out
-        return dx, dW, db
+def conv_backward_groups(x, dy3, Wm, geo, need_dx):
+    """(dx or None, dW (O, K), db (O,) float64) of conv_groups by groups: a group's im2col
+    rebuilt, dy gathered with the channel sums, dW += dy_g cols^T, and with need_dx
+    dcols = W^T dy_g scattered into dx by col2im. x C-contiguous (N, C, H, W), dy3 (N, O, P)."""
+    N, C, H, Wd = x.shape
+    O, K = Wm.shape
+    P = dy3.shape[2]
+    dt = x.dtype
+    xf = x.reshape(N, C, H * Wd)  # not -1: N may be 0
+    dW = np.zeros((O, K), dtype=dt) if N == 0 else np.empty((O, K), dtype=dt)  # no group
+    part = np.empty((O, K), dtype=dt)
+    dbp = np.empty(O, dtype=np.float64)
+    db64 = np.zeros(O, dtype=np.float64)
+    dx = np.empty(x.shape, dtype=dt) if need_dx else None
+    dxf = dx.reshape(N, C, H * Wd) if need_dx else None
+    G = group_size(N, K, P, dt.itemsize, nchunks(N * K * P))
+    buf = np.empty((K, G * P), dtype=dt)
+    dyt = np.empty((O, G * P), dtype=dt)
+    dcols = np.empty((K, G * P), dtype=dt) if need_dx else None
+    for n0 in range(0, N, G):
+        g = min(G, N - n0)
+        cols = buf if g == G else np.empty((K, g * P), dtype=dt)
+        dyg = dyt if g == G else np.empty((O, g * P), dtype=dt)
+        _run(cols.size, _im2col_ser, _im2col_par, x, xf, n0, g, cols, *geo)
+        _run(dyg.size, _gather_ser, _gather_par, dy3, n0, g, dyg, dbp)
+        db64 += dbp
+        if n0 == 0:
+            np.matmul(dyg, cols.T, out=dW)
+        else:
+            np.matmul(dyg, cols.T, out=part)
+            dW += part
+        if need_dx:
+            dc = dcols if g == G else np.empty((K, g * P), dtype=dt)
+            np.matmul(Wm.T, dyg, out=dc)
+            _run(dc.size, _col2im_ser, _col2im_par, dc, dx, dxf, n0, g, *geo)
+    return dx, dW, db64

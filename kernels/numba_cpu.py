@@ -40,7 +40,7 @@ from .numba_common import ACT_CODE as _ACT_CODE
 from .numba_common import GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTMAX, TANH
 from .numba_common import contiguous as _c
 from .numba_common import same_float as _same_float
-from .numba_conv import NumbaConvKernels
+from .numba_conv_ops import NumbaConvKernels
 from .numba_dense import (
     _act_grad_par,
     _act_grad_ser,

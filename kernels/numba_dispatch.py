@@ -75,18 +75,26 @@ def nchunks(work: int) -> int:
 SEQ_MIN_ROWS = 16
 
 
-def row_blocks(n_rows: int, dtype) -> tuple | None:
-    """(gemm address, ilp64, blocks) for a recurrence over `n_rows` batch rows run as blocks of
-    rows, one thread each (numba_blas), or None for the per-step path: one Numba thread, too few
-    rows, OpenBLAS's workers spinning after each GEMM (`SERIAL_NEXT_TO_BLAS`), or no BLAS GEMM
-    that Numba can call for `dtype`."""
-    if SERIAL_NEXT_TO_BLAS or n_rows < 2 * SEQ_MIN_ROWS:
+def blas_plan(dtype) -> tuple | None:
+    """(gemm address, ilp64, threads) when kernels may call the BLAS GEMM single-threaded from
+    several Numba threads at once (numba_blas), else None: one Numba thread, OpenBLAS's workers
+    spinning after each GEMM (`SERIAL_NEXT_TO_BLAS`: they would take a core from ours), or no
+    BLAS GEMM that Numba can call for `dtype`."""
+    if SERIAL_NEXT_TO_BLAS:
         return None
     nt = numba.get_num_threads()
     gemm = gemm_for(dtype) if nt > 1 else None
-    if gemm is None:
+    return None if gemm is None else (gemm[0], gemm[1], nt)
+
+
+def row_blocks(n_rows: int, dtype) -> tuple | None:
+    """(gemm address, ilp64, blocks) for a recurrence over `n_rows` batch rows run as blocks of
+    rows, one thread each (numba_blas), or None for the per-step path: too few rows, or no
+    `blas_plan`."""
+    plan = blas_plan(dtype) if n_rows >= 2 * SEQ_MIN_ROWS else None
+    if plan is None:
         return None
-    return gemm[0], gemm[1], min(nt, n_rows // SEQ_MIN_ROWS)
+    return plan[0], plan[1], min(plan[2], n_rows // SEQ_MIN_ROWS)
 
 
 def dispatch(nc: int, ser, par, *args, chunked: bool = True):

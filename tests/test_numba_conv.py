@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("numba", reason="the numba backend needs Numba (pip install numba)")
-from nnx.kernels import numba_conv, numba_dispatch  # noqa: E402
+from nnx.kernels import numba_conv, numba_conv_ops, numba_conv_threads, numba_dispatch  # noqa: E402
 from nnx.kernels.numba_cpu import NumbaOps  # noqa: E402
 from nnx.kernels.reference import Ops  # noqa: E402
 
@@ -57,16 +57,30 @@ GEOMETRIES = [  # (N, C, H, W, O, kh, kw, stride, padding, dilation)
 ]
 
 
+def _driver(driver, monkeypatch):
+    """"serial" / "parallel" (PAR_MIN_ELEMS = 0): numba_conv's group pipeline; "threads": one
+    group per thread (numba_conv_threads), which needs 2 Numba threads and a callable BLAS."""
+    if driver == "threads":
+        if numba_dispatch.blas_plan(np.float32) is None:
+            pytest.skip("one group per thread needs 2 Numba threads and NumPy's OpenBLAS")
+    else:
+        monkeypatch.setattr(numba_conv_ops, "blas_plan", lambda dtype: None)
+    if driver == "parallel":
+        monkeypatch.setattr(numba_dispatch, "PAR_MIN_ELEMS", 0)
+
+
+DRIVERS = ["serial", "parallel", "threads"]
+
+
 @pytest.mark.parametrize("group_bytes", [1, 1 << 20], ids=["one-sample-groups", "default"])
-@pytest.mark.parametrize("par", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("geo", GEOMETRIES)
-def test_matches_reference(geo, dt, par, group_bytes, monkeypatch):
+def test_matches_reference(geo, dt, driver, group_bytes, monkeypatch):
     N, C, H, W, O, kh, kw, stride, pad, dil = geo
     monkeypatch.setattr(numba_conv, "GROUP_BYTES", group_bytes)
     monkeypatch.setattr(numba_conv, "MIN_GEMM_COLS", 1)
-    if par:
-        monkeypatch.setattr(numba_dispatch, "PAR_MIN_ELEMS", 0)
+    _driver(driver, monkeypatch)
     rng = np.random.default_rng(N * 100 + C)
     x = rng.standard_normal((N, C, H, W)).astype(dt)
     Wt = rng.standard_normal((O, C, kh, kw)).astype(dt)
@@ -77,6 +91,28 @@ def test_matches_reference(geo, dt, par, group_bytes, monkeypatch):
     # non-contiguous inputs
     xt = np.asfortranarray(x)
     _both(xt, Wt[:, :, ::1], b, stride, pad, dil)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fewer_groups_than_threads(n, driver, monkeypatch):
+    """A thread with no group contributes zero partials; a last group shorter than the rest."""
+    _driver(driver, monkeypatch)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 3, 6, 6)).astype(np.float32)
+    Wt = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    _both(x, Wt, b, 1, 1, 1)
+    _both(x, Wt, b, 2, 0, 1, need_dx=False)
+
+
+def test_thread_groups_split_evenly():
+    for N, K, P, nt in [(128, 288, 196, 2), (128, 9, 784, 2), (7, 10**6, 10, 2), (5, 9, 4, 3)]:
+        G = numba_conv_threads.thread_groups(N, K, P, 4, nt)
+        groups = -(-N // G)
+        assert 1 <= G <= N
+        assert G <= numba_conv.group_size(N, K, P, 4)  # never a bigger buffer than the pipeline's
+        assert groups % nt == 0 or groups < nt or G == 1
 
 
 def test_group_size_keeps_buffers_small_and_gemms_wide():
