@@ -79,7 +79,9 @@ DRIVERS = ["serial", "parallel", "threads"]
 def test_matches_reference(geo, dt, driver, group_bytes, monkeypatch):
     N, C, H, W, O, kh, kw, stride, pad, dil = geo
     monkeypatch.setattr(numba_conv, "GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(numba_conv_threads, "THREAD_GROUP_BYTES", group_bytes)
     monkeypatch.setattr(numba_conv, "MIN_GEMM_COLS", 1)
+    monkeypatch.setattr(numba_conv_threads, "MIN_GEMM_COLS", 1)
     _driver(driver, monkeypatch)
     rng = np.random.default_rng(N * 100 + C)
     x = rng.standard_normal((N, C, H, W)).astype(dt)
@@ -111,7 +113,9 @@ def test_thread_groups_split_evenly():
         G = numba_conv_threads.thread_groups(N, K, P, 4, nt)
         groups = -(-N // G)
         assert 1 <= G <= N
-        assert G <= numba_conv.group_size(N, K, P, 4)  # never a bigger buffer than the pipeline's
+        g0 = max(1, min(N, max(numba_conv_threads.THREAD_GROUP_BYTES // (K * P * 4),
+                               -(-numba_conv.MIN_GEMM_COLS // P))))
+        assert G <= g0  # evening out never makes a group bigger
         assert groups % nt == 0 or groups < nt or G == 1
 
 
