@@ -71,15 +71,26 @@ def _lookup() -> dict:
                     if hasattr(lib, name):
                         addr = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
                         gemms[dt] = (int(addr), ilp64)
+                        gemms.setdefault("names", []).append(name)
                         break
             if get is not None and set_ is not None and gemms:
                 get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                _FOUND.update(gemms, get=get, set=set_)
+                names = ", ".join(gemms.pop("names"))
+                _FOUND.update(gemms, get=get, set=set_,
+                              describe=f"{names} in {path.rsplit('/', 1)[-1]}")
                 break
         # only once NumPy's BLAS is mapped (importing numpy maps it): later lookups are final
         if nnx_threads.mapped_libraries(lambda n: "openblas" in n or "mkl" in n or "blas" in n):
             _FOUND["done"] = True
         return _FOUND
+
+
+def describe() -> str:
+    """One line for `nnx info`: which GEMMs the kernels call, from which library, or why none."""
+    found = _lookup()
+    if "describe" in found:
+        return found["describe"]
+    return "none (no OpenBLAS with a CBLAS GEMM mapped: the per-step / pipeline paths run)"
 
 
 def gemm_for(dtype):

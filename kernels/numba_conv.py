@@ -18,8 +18,12 @@ around the GEMMs move as much again. Here the batch goes through in groups of G 
   that wrap around a row edge zeroed by strided slices; col2im adds the same spans back. Other
   geometries go row by row.
 
-GEMMs stay in BLAS; the loops around them are Numba, parallel over independent output
-rows/planes (no shared `+=`). Measured on the 2-vCPU Zen 3 against the reference (same process,
+This file holds the geometry kernels and that pipeline (`conv_groups`, `conv_backward_groups`):
+each pass in turn, parallel over independent output rows/planes (no shared `+=`), with
+OpenBLAS's own threads for the GEMMs. With 2+ Numba threads and a BLAS GEMM the kernels can
+call, numba_conv_threads.py runs the same per-group work one group per thread instead (faster:
+its docstring); numba_conv_ops.py (the NumbaOps mixin) picks per call.
+Pipeline figures: Measured on the 2-vCPU Zen 3 against the reference (same process,
 interleaved, medians; the zoo CNN's second conv, N 128, 32 -> 64 channels, 14x14, 3x3 same):
 forward 22.4 -> 19.1 ms and backward 42.0 -> 25.8 ms with 2 threads, 27.1 -> 20.5 ms and
 52.8 -> 41.2 ms with 1 thread; the first conv (1 -> 32 channels, 28x28): 7.0 -> 4.4 ms and

@@ -61,16 +61,19 @@ def act_case(act, shape) -> Case:
         why={"numba": ACT_WHY[act]} if act in ACT_WHY else {})
 
 
-# Shown in the table only where numba measured slower than torch (2026-11-29 run: relu 0.90x,
-# leaky_relu 0.96x, softmax 0.81-1.31x; the others 1.7-3.7x ahead).
+# Shown in the table only where numba measured slower than torch (2026-11-29 runs: relu
+# 0.78-0.90x, leaky_relu 0.96-1.06x, softmax 0.81-1.31x; the others 1.7-3.7x ahead).
 _MEMORY = ("memory-bound: one pass each way over the same bytes as torch's kernel (nnx "
-           "allocates the output and keeps it for the backward); within the rounds' noise")
+           "allocates the output and keeps it for the backward). At 1024x4096 this harness's "
+           "fresh 16 MB outputs page-fault after each parallel kernel on this VM (1006 faults "
+           "per fwd+bwd: 10.9 ms; 5.1 ms, 0 faults, with glibc's mmap / trim thresholds "
+           "raised); the train steps measured 0 faults per step")
 ACT_WHY = {
     "relu": _MEMORY,
     "leaky_relu": _MEMORY,
     "softmax": ("not settled: the row maximum stays a scalar loop (its compare keeps NaN "
-                "propagating) while the exp and sums vectorize; behind at 128x512, ahead at "
-                "1024x4096"),
+                "propagating) while the exp and sums vectorize; behind at 128x512 (serial: the "
+                "parallel driver measured 1.2x slower there), ahead at 1024x4096"),
 }
 
 

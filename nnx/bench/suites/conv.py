@@ -69,10 +69,10 @@ def conv_case(shape, direction) -> Case:
 
 
 # Shown in the table only where the backend measured slower than torch at that shape.
-CONV_WHY = {"numba": "im2col + OpenBLAS GEMMs per group of samples (kernels/numba_conv.py) "
-                     "against oneDNN's direct convolution, which runs these shapes nearer the "
-                     "peak (2026-11-29: 59-85% against 30-64%) and gains more from a second "
-                     "thread; the whole CNN training step is still ahead (cnn suite)"}
+CONV_WHY = {"numba": "im2col + single-threaded OpenBLAS GEMMs, one group of samples per thread "
+                     "(kernels/numba_conv_threads.py), against oneDNN's direct convolution, "
+                     "which runs the 32->64-channel shape nearer the peak (2026-11-29: 56-83% "
+                     "against 40-57%); the whole CNN training step is ahead (cnn suite)"}
 
 
 @suite("conv2d", "Conv2D forward and forward+backward at the MNIST CNN's shapes")
