@@ -57,8 +57,9 @@ def thread_info() -> dict:
     if compat.has_numba:
         from nnx.kernels import numba_blas  # imports Numba: only where it is installed
 
-        out["numba_calls_blas"] = (f"{numba_blas.describe()} (LSTM and conv2d with 2+ Numba threads: a block of "
-                                   "rows / group of samples per thread, BLAS 1 thread per call)")
+        out["numba_calls_blas"] = (f"{numba_blas.describe()} (LSTM and conv2d with 2+ Numba "
+                                   "threads: a block of rows / group of samples per thread, "
+                                   "BLAS 1 thread per call)")
     if compat.blas_spins:
         out["numba_kernels"] = ("serial: NumPy's OpenBLAS loaded before nnx and spins after "
                                 "each GEMM (import nnx before NumPy, or set "
