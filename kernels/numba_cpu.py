@@ -14,8 +14,10 @@ serial or parallel driver through `numba_dispatch.dispatch`, with the chunk coun
 `numba_dispatch.nchunks` (the one serial/parallel policy, and its thread measurements). The
 kernels live per family: `numba_dense.py` (epilogues, dense backward, activations),
 `numba_loss.py` (softmax cross-entropy), `numba_optim.py` (SGD, Adam/AdamW), `numba_dropout.py`;
-the layer kernels come in through mixins: `numba_conv.py` (conv2d by groups of samples),
-`numba_recurrent.py` (LSTM), `numba_layers.py` (pooling, batch norm).
+the layer kernels come in through mixins: `numba_conv_ops.py` (conv2d by groups of samples:
+`numba_conv.py`, `numba_conv_threads.py`), `numba_recurrent.py` (LSTM), `numba_layers.py`
+(pooling, batch norm). The LSTM and conv2d kernels call the BLAS GEMM from inside Numba threads
+(`numba_blas.py`) when `numba_dispatch.blas_plan` allows.
 
 Numerics: `fastmath` without `nnan`/`ninf` (reassociation, contraction to FMA, reciprocal
 multiplication, fast libm calls), so NaN and inf still propagate the way the reference's do

@@ -5,7 +5,7 @@ before `Ops` in `NumbaOps`' bases, and falls back to the reference (`super()`) f
 it does not handle: non-NumPy arrays, dtypes other than float32/float64, mixed dtypes, other
 layouts/axes, eval-mode batch norm. The kernels live per family (`numba_pool.py`,
 `numba_batchnorm.py`); this module is the mixin that checks inputs and calls them. (conv2d:
-`numba_conv.py`; LSTM: `numba_recurrent.py`.)
+`numba_conv_ops.py`; LSTM: `numba_recurrent.py`.)
 
 Conventions as in `numba_cpu.py`: `error_model="numpy"`, fastmath without nnan/ninf, serial
 driver below `PAR_MIN_ELEMS` elements and a `prange` driver above (the one policy,

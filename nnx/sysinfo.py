@@ -60,10 +60,15 @@ def thread_info() -> dict:
         out["numba_calls_blas"] = (f"{numba_blas.describe()} (LSTM and conv2d with 2+ Numba "
                                    "threads: a block of rows / group of samples per thread, "
                                    "BLAS 1 thread per call)")
+    if compat.blas_restarted:
+        out["blas_workers"] = ("restarted by nnx with OPENBLAS_THREAD_TIMEOUT="
+                               f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')} (NumPy's OpenBLAS "
+                               "loaded before nnx; NNX_BLAS_RESTART=0 to leave it)")
     if compat.blas_spins:
         out["numba_kernels"] = ("serial: NumPy's OpenBLAS loaded before nnx and spins after "
                                 "each GEMM (import nnx before NumPy, or set "
-                                "OPENBLAS_THREAD_TIMEOUT=4, for parallel Numba kernels)")
+                                "OPENBLAS_THREAD_TIMEOUT=4 and leave NNX_BLAS_RESTART unset, "
+                                "for parallel Numba kernels)")
     return out
 
 

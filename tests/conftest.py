@@ -51,10 +51,12 @@ def real_mnist_available() -> bool:
 
 @pytest.fixture(autouse=True)
 def _numba_dispatch_as_configured(monkeypatch):
-    """pytest imports NumPy before nnx, so nnx.compat.blas_spins is True here and the Numba
-    kernels would all run serially (numba_dispatch.SERIAL_NEXT_TO_BLAS): tests that force the
-    parallel drivers would silently test the serial ones. Off for every test; the policy itself
-    is tested in tests/test_threads_blas_spin.py."""
+    """pytest imports NumPy before nnx: nnx restarts OpenBLAS's workers with its short timeout
+    then, but where that is declined (NNX_BLAS_RESTART=0, a long OPENBLAS_THREAD_TIMEOUT)
+    nnx.compat.blas_spins is True and the Numba kernels would all run serially
+    (numba_dispatch.SERIAL_NEXT_TO_BLAS): tests that force the parallel drivers would silently
+    test the serial ones. Off for every test; the policy itself is tested in
+    tests/test_threads_blas_spin.py."""
     if compat.has_numba:
         from nnx.kernels import numba_dispatch
 

@@ -1,5 +1,8 @@
-"""OpenBLAS loaded before nnx spins after every GEMM: nnx detects it (compat.blas_spins) and runs
-the Numba kernels serially next to it (numba_dispatch.SERIAL_NEXT_TO_BLAS)."""
+"""OpenBLAS loaded before nnx (NumPy or PyTorch imported first) read its thread timeout then and
+would spin after every GEMM: nnx has it re-read the environment and restart its workers with the
+short timeout (compat.blas_restarted). Where that is declined (NNX_BLAS_RESTART=0, or the user
+set a long timeout), nnx detects the spinning (compat.blas_spins) and runs the Numba kernels
+serially next to it (numba_dispatch.SERIAL_NEXT_TO_BLAS)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ from nnx import threads
 
 PROBE = ("from nnx import compat; from nnx.kernels import numba_dispatch as d; "
          "print(compat.blas_spins, d.SERIAL_NEXT_TO_BLAS, d.nchunks(1 << 30))")
+# the loaded OpenBLAS's own view of its timeout, and whether nnx restarted its workers
+TIMEOUT = ("import ctypes; from nnx import compat, threads; "
+           "lib = ctypes.CDLL(threads.mapped_libraries(lambda n: 'openblas' in n)[0]); "
+           "print(lib.openblas_thread_timeout(), compat.blas_restarted)")
 
 
 def _run(code, **env):
@@ -27,14 +34,44 @@ def _run(code, **env):
 
 @pytest.mark.skipif(not threads.mapped_libraries(lambda n: "openblas" in n),
                     reason="NumPy here does not use OpenBLAS")
-def test_numpy_first_means_serial_kernels():
+def test_numpy_first_restarts_blas_workers_with_the_short_timeout():
     pytest.importorskip("numba")
-    spins, serial, chunks = _run("import numpy, nnx; " + PROBE)
+    # NumPy first, BLAS workers already running: restarted, so nothing spins and kernels stay
+    # parallel
+    warm = "import numpy; a = numpy.ones((300, 300), numpy.float32); a @ a; import nnx; "
+    spins, serial, chunks = _run(warm + PROBE)
+    assert (spins, serial) == ("False", "False") and int(chunks) >= 1
+    assert _run(warm + TIMEOUT) == ["4", "True"]
+    if _has_torch():  # PyTorch imports NumPy: the same restart
+        assert _run("import torch; import nnx; " + TIMEOUT) == ["4", "True"]
+
+
+@pytest.mark.skipif(not threads.mapped_libraries(lambda n: "openblas" in n),
+                    reason="NumPy here does not use OpenBLAS")
+def test_numpy_first_without_restart_means_serial_kernels():
+    pytest.importorskip("numba")
+    spins, serial, chunks = _run("import numpy, nnx; " + PROBE, NNX_BLAS_RESTART="0")
     assert (spins, serial, chunks) == ("True", "True", "1")
+    assert _run("import numpy, nnx; " + TIMEOUT, NNX_BLAS_RESTART="0") == ["0", "False"]
+    # a long timeout the user chose is kept: no restart, serial kernels
+    spins, serial, _ = _run("import numpy, nnx; " + PROBE, OPENBLAS_THREAD_TIMEOUT="20")
+    assert (spins, serial) == ("True", "True")
     spins, serial, _ = _run("import nnx, numpy; " + PROBE)  # nnx first: short timeout applies
     assert (spins, serial) == ("False", "False")
     spins, _, _ = _run("import numpy, nnx; " + PROBE, OPENBLAS_THREAD_TIMEOUT="4")
     assert spins == "False"  # the user set a short timeout before NumPy loaded
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def test_restart_declined_without_a_timeout_or_when_disabled():
+    assert not threads.restart_blas_workers({"NNX_BLAS_RESTART": "0",
+                                             "OPENBLAS_THREAD_TIMEOUT": "4"})
+    assert not threads.restart_blas_workers({"OPENBLAS_THREAD_TIMEOUT": "short"})
 
 
 def test_blas_timeout_at_load_reads_the_environment():

@@ -31,9 +31,14 @@ def _torch_conv(t, direction, x0, dy0, C, F, k, pad):
     if direction == "fwd":
         conv = torch.nn.functional.conv2d
         return lambda: conv(x, Wt, b, padding=pad)
-    cb = torch.ops.aten.convolution_backward
-    return lambda: cb(dy, x, Wt, [F], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
-                      [True, True, True])
+    conv, cb = torch.nn.functional.conv2d, torch.ops.aten.convolution_backward
+
+    def fwd_bwd():  # the forward too, as nnx's case runs it (its closure needs one)
+        conv(x, Wt, b, padding=pad)
+        return cb(dy, x, Wt, [F], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                  [True, True, True])
+
+    return fwd_bwd
 
 
 def conv_case(shape, direction) -> Case:
@@ -69,10 +74,11 @@ def conv_case(shape, direction) -> Case:
 
 
 # Shown in the table only where the backend measured slower than torch at that shape.
-CONV_WHY = {"numba": "im2col + single-threaded OpenBLAS GEMMs, one group of samples per thread "
-                     "(kernels/numba_conv_threads.py), against oneDNN's direct convolution, "
-                     "which runs the 32->64-channel shape nearer the peak (2026-11-29: 56-83% "
-                     "against 40-57%); the whole CNN training step is ahead (cnn suite)"}
+CONV_WHY = {"numba": "im2col + OpenBLAS GEMMs by groups of samples (with 2+ threads one group per "
+                     "thread, single-threaded GEMMs: kernels/numba_conv_threads.py; with 1, "
+                     "kernels/numba_conv.py) against oneDNN's direct convolution, which runs "
+                     "these shapes nearer the peak; the whole CNN training step is ahead (cnn "
+                     "suite)"}
 
 
 @suite("conv2d", "Conv2D forward and forward+backward at the MNIST CNN's shapes")
