@@ -103,34 +103,35 @@ def _bwd_threads(addr, ilp64, x, xf, dy3, Wm, need_dx, dx, dxf, G, bufs, dyts, d
                 _col2im_ser(dc, dx, dxf, n0, g, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo)
 
 
+def _layout(x, Wm, P, nt):
+    """(G, xf, bufs): samples per group, x as (N, C, H*W), and one im2col buffer per thread."""
+    N, C, H, Wd = x.shape
+    K = Wm.shape[1]
+    G = thread_groups(N, K, P, x.dtype.itemsize, nt)
+    return G, x.reshape(N, C, H * Wd), np.empty((nt, K, G * P), dtype=x.dtype)
+
+
 def conv_threads(x, Wm, geo, b, out, plan):
     """out (N, O, P) = conv(x, W) + b with `_fwd_threads`; plan = numba_dispatch.blas_plan's
     (address, ilp64, threads). x C-contiguous (N, C, H, W), Wm C-contiguous (O, K)."""
     addr, ilp64, nt = plan
-    N, C, H, Wd = x.shape
-    O, K = Wm.shape
     P = out.shape[2]
-    dt = x.dtype
-    G = thread_groups(N, K, P, dt.itemsize, nt)
-    bufs = np.empty((nt, K, G * P), dtype=dt)
-    zs = np.empty((nt, O, G * P), dtype=dt)
+    G, xf, bufs = _layout(x, Wm, P, nt)
+    zs = np.empty((nt, Wm.shape[0], G * P), dtype=x.dtype)
     has_b = b is not None
-    bb = b if has_b else np.zeros(1, dtype=dt)
+    bb = b if has_b else np.zeros(1, dtype=x.dtype)
     with single_threaded_blas():
-        _fwd_threads(addr, ilp64, x, x.reshape(N, C, H * Wd), Wm, bb, has_b, out, G, bufs, zs,
-                     *geo)
+        _fwd_threads(addr, ilp64, x, xf, Wm, bb, has_b, out, G, bufs, zs, *geo)
 
 
 def conv_backward_threads(x, dy3, Wm, geo, need_dx, plan):
     """(dx or None, dW (O, K), db (O,) float64) with `_bwd_threads`: the per-thread partials
     summed. Arguments as numba_conv.conv_backward_groups, plus the plan."""
     addr, ilp64, nt = plan
-    N, C, H, Wd = x.shape
     O, K = Wm.shape
     P = dy3.shape[2]
     dt = x.dtype
-    G = thread_groups(N, K, P, dt.itemsize, nt)
-    bufs = np.empty((nt, K, G * P), dtype=dt)
+    G, xf, bufs = _layout(x, Wm, P, nt)
     dyts = np.empty((nt, O, G * P), dtype=dt)
     dcs = np.empty((nt, K, G * P), dtype=dt) if need_dx else np.empty((nt, 1, 1), dtype=dt)
     dWp = np.empty((nt, O, K), dtype=dt)
@@ -138,6 +139,6 @@ def conv_backward_threads(x, dy3, Wm, geo, need_dx, plan):
     dx = np.empty(x.shape, dtype=dt) if need_dx else np.empty((1, 1, 1, 1), dtype=dt)
     dxf = dx.reshape(dx.shape[0], dx.shape[1], -1)
     with single_threaded_blas():
-        _bwd_threads(addr, ilp64, x, x.reshape(N, C, H * Wd), dy3, Wm, need_dx, dx, dxf, G,
-                     bufs, dyts, dcs, dWp, dbp, *geo)
+        _bwd_threads(addr, ilp64, x, xf, dy3, Wm, need_dx, dx, dxf, G, bufs, dyts, dcs, dWp, dbp,
+                     *geo)
     return (dx if need_dx else None), dWp.sum(axis=0), dbp.sum(axis=0)

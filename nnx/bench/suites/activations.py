@@ -62,7 +62,8 @@ def act_case(act, shape) -> Case:
 
 
 # Shown in the table only where numba measured slower than torch (2026-11-29 runs: relu
-# 0.78-0.90x, leaky_relu 0.96-1.06x, softmax 0.81-1.31x; the others 1.7-3.7x ahead).
+# 0.78-0.94x, leaky_relu 0.96-1.10x, sigmoid 0.97x at 128x512, softmax 0.81-1.31x; the others
+# 1.5-3.7x ahead).
 _MEMORY = ("memory-bound: one pass each way over the same bytes as torch's kernel (nnx "
            "allocates the output and keeps it for the backward). At 1024x4096 this harness's "
            "fresh 16 MB outputs page-fault after each parallel kernel on this VM (1006 faults "
@@ -71,9 +72,15 @@ _MEMORY = ("memory-bound: one pass each way over the same bytes as torch's kerne
 ACT_WHY = {
     "relu": _MEMORY,
     "leaky_relu": _MEMORY,
+    "sigmoid": ("compute-bound on the float32 exp and divide (numba_math: ~16 cycles per 8 "
+                "lanes), serial at 128x512 (the parallel driver measured 0.89x there: a launch "
+                "costs ~40 us on this box), where torch's 2-thread kernel ties it (0.97-1.03x "
+                "across runs); at 1024x4096 0.96-1.51x across runs, its fresh outputs "
+                "page-faulting in this harness as relu's do"),
     "softmax": ("not settled: the row maximum stays a scalar loop (its compare keeps NaN "
                 "propagating) while the exp and sums vectorize; behind at 128x512 (serial: the "
-                "parallel driver measured 1.2x slower there), ahead at 1024x4096"),
+                "parallel driver measured 1.2x slower there), 0.98-1.31x across runs at "
+                "1024x4096, whose fresh outputs page-fault in this harness as relu's do"),
 }
 
 
