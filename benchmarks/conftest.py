@@ -11,9 +11,9 @@ Targets: every available nnx backend; NNX_BENCH_BACKENDS="numpy numba" restricts
 runs here only when NNX_BENCH_BACKENDS names it ("torch", "torch-cuda"), and then in this
 process, next to nnx: which runtime a process loads first changes its thread pools (torch
 imported before nnx once made the numba step 2.3-3.2x slower), so the comparisons with PyTorch
-that the project reports come from `nnx bench`, which runs torch in a worker process of its own. Unlike `nnx bench`, pytest-benchmark
-times one target after the other (no interleaving): on a host that migrates vCPUs, prefer
-`nnx bench` for speed-ups.
+that the project reports come from `nnx bench`, which runs torch in a worker process of its
+own. Unlike `nnx bench`, pytest-benchmark times one target after the other (no
+interleaving): on a host that migrates vCPUs, prefer `nnx bench` for speed-ups.
 """
 
 from __future__ import annotations

@@ -52,6 +52,21 @@ _LOCK = threading.Lock()
 _FOUND: dict = {}
 
 
+_CONFIG_NAMES = ("scipy_openblas_get_config64_", "scipy_openblas_get_config",
+                 "openblas_get_config64_", "openblas_get_config")
+
+
+def _built_ilp64(lib) -> bool:
+    """Whether this OpenBLAS was built with 64-bit integers (USE64BITINT in its config string):
+    some builds keep the plain `cblas_sgemm` name for the 64-bit interface."""
+    for name in _CONFIG_NAMES:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            return b"USE64BITINT" in (fn() or b"")
+    return False
+
+
 def _lookup() -> dict:
     """{dtype: (address, ilp64)} plus "get"/"set" (ctypes functions) of the first mapped
     OpenBLAS that has a GEMM and both thread calls; {} when none."""
@@ -66,9 +81,11 @@ def _lookup() -> dict:
             get = next((getattr(lib, s) for s in _GET_NAMES if hasattr(lib, s)), None)
             set_ = next((getattr(lib, s) for s in _SET_NAMES if hasattr(lib, s)), None)
             gemms = {}
+            built_ilp64 = _built_ilp64(lib)
             for dt, names in _GEMM_NAMES.items():
                 for name, ilp64 in names:
                     if hasattr(lib, name):
+                        ilp64 = ilp64 or built_ilp64  # 64-bit ints under an unsuffixed name
                         addr = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
                         gemms[dt] = (int(addr), ilp64)
                         gemms.setdefault("names", []).append(name)

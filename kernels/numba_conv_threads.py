@@ -137,7 +137,7 @@ def conv_backward_threads(x, dy3, Wm, geo, need_dx, plan):
     dWp = np.empty((nt, O, K), dtype=dt)
     dbp = np.empty((nt, O), dtype=np.float64)
     dx = np.empty(x.shape, dtype=dt) if need_dx else np.empty((1, 1, 1, 1), dtype=dt)
-    dxf = dx.reshape(dx.shape[0], dx.shape[1], -1)
+    dxf = dx.reshape(dx.shape[0], dx.shape[1], dx.shape[2] * dx.shape[3])  # not -1: C may be 0
     with single_threaded_blas():
         _bwd_threads(addr, ilp64, x, xf, dy3, Wm, need_dx, dx, dxf, G, bufs, dyts, dcs, dWp, dbp,
                      *geo)

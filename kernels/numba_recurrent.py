@@ -65,12 +65,41 @@ from .numba_lstm import (
 _SCRATCH_MAX_BYTES = 64 << 20  # the backward's dz buffer is reused up to this size
 
 
+def _forward_shapes_exact(x, W_ih, W_hh, b, h0, c0) -> bool:
+    """x (N, T, F), W_ih (F, 4H), W_hh (H, 4H), b 4H values, h0 / c0 (N, H) or None: the
+    shapes the kernels assume (they read and write by these sizes, unchecked)."""
+    if x.ndim != 3 or W_ih.ndim != 2 or W_hh.ndim != 2:
+        return False
+    n, _, f = x.shape
+    hid, g4 = W_hh.shape
+    return (g4 == 4 * hid and W_ih.shape == (f, g4) and (b is None or b.size == g4)
+            and all(s is None or s.shape == (n, hid) for s in (h0, c0)))
+
+
+def _backward_shapes_exact(dhs, W_ih, W_hh, saved, dh_last, dc_last) -> bool:
+    """The backward's arrays agree with `saved` (time-major (T, N, .) blocks) as the kernels
+    assume: dhs (N, T, H) or None, dh_last / dc_last (N, H) or None, the weights and states as
+    the forward's."""
+    x_tm, h0, c0, gates, cs, tcs, hs = saved
+    if hs.ndim != 3 or x_tm.ndim != 3 or W_hh.ndim != 2 or W_ih.ndim != 2:
+        return False
+    t_len, n, hid = hs.shape
+    g4 = 4 * hid
+    return (W_hh.shape == (hid, g4) and W_ih.shape == (x_tm.shape[2], g4)
+            and x_tm.shape[:2] == (t_len, n) and gates.shape == (t_len, n, g4)
+            and cs.shape == hs.shape and tcs.shape == hs.shape
+            and (dhs is None or dhs.shape == (n, t_len, hid))
+            and all(s is None or s.shape == (n, hid) for s in (h0, c0, dh_last, dc_last)))
+
+
 class NumbaRecurrentKernels:
     """Mixin placed before `NumbaLayerKernels` in `NumbaOps`: LSTM forward and backward."""
 
     def lstm_forward(self, x, W_ih, W_hh, b, h0=None, c0=None):
         arrays = [a for a in (x, W_ih, W_hh, b, h0, c0) if a is not None]
-        if not _same_float(*arrays):
+        if not (_same_float(*arrays) and _forward_shapes_exact(x, W_ih, W_hh, b, h0, c0)):
+            # the kernels index with these shapes unchecked: anything else (a broadcast state,
+            # a mismatched weight) gets the reference's broadcasting or its error
             return super().lstm_forward(x, W_ih, W_hh, b, h0, c0)
         x_tm = self._time_major(x)
         t_len, n, f = x_tm.shape
@@ -128,6 +157,7 @@ class NumbaRecurrentKernels:
             and gates.flags.c_contiguous
             and cs.flags.c_contiguous
             and tcs.flags.c_contiguous
+            and _backward_shapes_exact(dhs, W_ih, W_hh, saved, dh_last, dc_last)
         ):
             return super().lstm_backward(
                 dhs,

@@ -191,3 +191,12 @@ def test_empty_batch_gives_zero_gradients_as_the_reference():
     _, saved = NB.conv2d_forward(x, W, b, 1, 1)
     dx, dW, db = NB.conv2d_backward(dy, x, W, saved, 1, 1)
     assert dx.shape == x.shape and not dW.any() and not db.any()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_zero_input_channels_match_the_reference(driver, monkeypatch):
+    _driver(driver, monkeypatch)
+    x = np.ones((2, 0, 4, 4), np.float32)
+    Wt = np.ones((3, 0, 3, 3), np.float32)
+    _both(x, Wt, None, 1, 1, 1)
+    _both(x, Wt, np.ones(3, np.float32), 1, 1, 1, need_dx=False)

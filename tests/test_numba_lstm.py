@@ -334,3 +334,23 @@ def test_empty_sequences_match_the_reference(shape, need_dh0):
         else:
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_array_equal(g, w)
+
+
+@PAR
+def test_states_that_broadcast_or_weights_that_mismatch_go_to_the_reference(par):
+    """The kernels index by the exact shapes; a (1, H) initial state (which the reference
+    broadcasts) or a weight of the wrong shape must never reach them."""
+    rng = np.random.default_rng(7)
+    x, W_ih, W_hh, b, _, _ = problem(rng, np.float32, n=6, t=3, f=4, h=5)
+    h0 = rng.standard_normal((1, 5)).astype(np.float32)
+    c0 = rng.standard_normal((1, 5)).astype(np.float32)
+    with drivers(par):
+        for hh, cc in ((h0, None), (None, c0), (h0, c0)):
+            want, _ = REF.lstm_forward(x, W_ih, W_hh, b, hh, cc)
+            got, _ = NB.lstm_forward(x, W_ih, W_hh, b, hh, cc)
+            close(got, want, np.float32)
+        bad = np.zeros((W_ih.shape[0] + 2, W_ih.shape[1]), np.float32)
+        with pytest.raises(ValueError):
+            REF.lstm_forward(x, bad, W_hh, b)
+        with pytest.raises(ValueError):
+            NB.lstm_forward(x, bad, W_hh, b)
