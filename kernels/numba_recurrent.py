@@ -31,7 +31,9 @@ reference's (a mixed pair is as accurate as the two forwards agree: float32 gate
 the reference's by ~1e-7).
 
 Anything the kernels are not compiled for (non-NumPy arrays, dtypes other than float32 /
-float64, mixed dtypes, a non-contiguous `saved`) falls back to the reference (`super()`).
+float64, mixed dtypes, a non-contiguous `saved`, shapes other than the exact ones they index by,
+such as a (1, H) initial state the reference broadcasts) falls back to the reference
+(`super()`).
 
 Measured and not kept (2-vCPU box, N128 T28 I28 H128 float32, interleaved A/B):
 - the parallel drivers at this size (forced): forward + backward 2-10% slower. Each kernel
