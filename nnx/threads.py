@@ -37,6 +37,7 @@ import importlib
 import math
 import os
 import sys
+import threading
 
 # -- what the user set -------------------------------------------------------------------------
 NUMBA_VARS = ("NUMBA_NUM_THREADS",)
@@ -259,10 +260,13 @@ def restart_blas_workers(environ=None) -> bool:
     its worker threads, so that OPENBLAS_THREAD_TIMEOUT (now in the environment) applies: its
     workers then sleep right after each GEMM instead of spinning ~0.1 s (measured: 0.111 s of
     CPU per GEMM before, 0 after). True when every one of them then reports that timeout; False
-    when none is mapped, one lacks the calls, or NNX_BLAS_RESTART=0. Call it only while no
-    other thread is inside the BLAS (nnx does, once, at import)."""
+    when none is mapped, one lacks the calls, NNX_BLAS_RESTART=0, or this is not the main thread.
+    Call it only while no other thread is inside the BLAS (nnx does, once, at import; an import
+    from another thread, while the main one may be running GEMMs, declines)."""
     env = os.environ if environ is None else environ
     if env.get("NNX_BLAS_RESTART", "1").strip() == "0":
+        return False
+    if threading.current_thread() is not threading.main_thread():
         return False
     try:
         want = int(env.get("OPENBLAS_THREAD_TIMEOUT", ""))

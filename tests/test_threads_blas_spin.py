@@ -92,3 +92,14 @@ def test_nchunks_serial_when_blas_spins(monkeypatch):
     import numba
 
     assert numba_dispatch.nchunks(1 << 30) == numba.get_num_threads()
+
+
+def test_restart_declined_off_the_main_thread():
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        threads.restart_blas_workers({"OPENBLAS_THREAD_TIMEOUT": "4"})))
+    t.start()
+    t.join()
+    assert out == [False]
