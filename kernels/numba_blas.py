@@ -10,8 +10,8 @@ the same rows, still in its cache) with no barrier between steps and no Python p
 
 How: the GEMM's address is looked up once in the OpenBLAS that NumPy loaded (NumPy 2's wheels:
 `scipy_cblas_sgemm64_`, 64-bit integers; other builds: `cblas_sgemm`, 32-bit) and passed to the
-kernel as an integer; `_call_gemm` (an intrinsic) casts it to the CBLAS function type and calls
-it. An address passed as an argument keeps the kernels cacheable (a ctypes function referenced
+kernel as an integer; `_gemm64` / `_gemm32` (intrinsics) cast it to the CBLAS function type and
+call it. An address passed as an argument keeps the kernels cacheable (a ctypes function referenced
 as a global would not be). While such a kernel runs, the BLAS is set to one thread
 (`single_threaded_blas`): its calls then run in the calling thread, and two of them at once are
 safe (OpenBLAS locks only its buffer table).
@@ -42,10 +42,6 @@ _GEMM_NAMES = {
     np.dtype(np.float64): (("scipy_cblas_dgemm64_", True), ("cblas_dgemm64_", True),
                            ("scipy_cblas_dgemm", False), ("cblas_dgemm", False)),
 }
-_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-              "openblas_set_num_threads64_", "openblas_set_num_threads")
-_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-              "openblas_get_num_threads64_", "openblas_get_num_threads")
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 _LOCK = threading.Lock()
@@ -56,15 +52,19 @@ _CONFIG_NAMES = ("scipy_openblas_get_config64_", "scipy_openblas_get_config",
                  "openblas_get_config64_", "openblas_get_config")
 
 
+def _first(lib, names):
+    """The first of `names` that `lib` exports (a ctypes function), or None."""
+    return next((getattr(lib, s) for s in names if hasattr(lib, s)), None)
+
+
 def _built_ilp64(lib) -> bool:
     """Whether this OpenBLAS was built with 64-bit integers (USE64BITINT in its config string):
     some builds keep the plain `cblas_sgemm` name for the 64-bit interface."""
-    for name in _CONFIG_NAMES:
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.restype = ctypes.c_char_p
-            return b"USE64BITINT" in (fn() or b"")
-    return False
+    fn = _first(lib, _CONFIG_NAMES)
+    if fn is None:
+        return False
+    fn.restype = ctypes.c_char_p
+    return b"USE64BITINT" in (fn() or b"")
 
 
 def _lookup() -> dict:
@@ -78,8 +78,8 @@ def _lookup() -> dict:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            get = next((getattr(lib, s) for s in _GET_NAMES if hasattr(lib, s)), None)
-            set_ = next((getattr(lib, s) for s in _SET_NAMES if hasattr(lib, s)), None)
+            get = _first(lib, nnx_threads.BLAS_GET_NAMES)
+            set_ = _first(lib, nnx_threads.BLAS_SET_NAMES)
             gemms = {}
             built_ilp64 = _built_ilp64(lib)
             for dt, names in _GEMM_NAMES.items():
@@ -188,31 +188,6 @@ def _gemm32(typingctx, addr, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
 
 
 @njit(**_SER)
-def gemm_rows(addr, ilp64, a, b, trans_b, c, lo, hi, accumulate):
-    """c[lo:hi] = a[lo:hi] @ (b.T if trans_b else b) (`accumulate`: c[lo:hi] += that), in this
-    thread, by the BLAS at `addr`. a, b, c C-contiguous 2-D arrays of one float dtype; nothing
-    happens for an empty range."""
-    m = hi - lo
-    if m <= 0:
-        return
-    k = a.shape[1]
-    n = c.shape[1]
-    if k == 0 or n == 0:  # an empty product (BLAS wants leading dimensions >= 1)
-        if not accumulate:
-            c[lo:hi] = 0
-        return
-    one = c.dtype.type(1.0)
-    beta = one if accumulate else c.dtype.type(0.0)
-    tb = TRANS if trans_b else NO_TRANS
-    pa, pb, pc = a[lo:].ctypes.data, b.ctypes.data, c[lo:].ctypes.data
-    if ilp64:
-        _gemm64(addr, NO_TRANS, tb, m, n, k, one, pa, k, pb, b.shape[1], beta, pc, n)
-    else:
-        _gemm32(addr, NO_TRANS, tb, m, n, k, one, pa, k, pb, b.shape[1], beta, pc, n)
-
-
-
-@njit(**_SER)
 def gemm(addr, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """c (m x n, leading dimension ldc) = op(a) @ op(b) + beta c, row-major, in this thread, by
     the BLAS at `addr`; a, b, c arrays whose first element starts each matrix (any strides the
@@ -229,3 +204,15 @@ def gemm(addr, ilp64, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
         _gemm64(addr, ta, tb, m, n, k, one, pa, lda, pb, ldb, bt, pc, ldc)
     else:
         _gemm32(addr, ta, tb, m, n, k, one, pa, lda, pb, ldb, bt, pc, ldc)
+
+
+@njit(**_SER)
+def gemm_rows(addr, ilp64, a, b, trans_b, c, lo, hi, accumulate):
+    """c[lo:hi] = a[lo:hi] @ (b.T if trans_b else b) (`accumulate`: c[lo:hi] += that), in this
+    thread, by the BLAS at `addr` (`gemm` on those rows). a, b, c C-contiguous 2-D arrays of one
+    float dtype; nothing happens for an empty range; an empty product (no columns of a) sets the
+    rows to 0, or adds nothing."""
+    k = a.shape[1]
+    beta = 1.0 if accumulate else 0.0
+    gemm(addr, ilp64, False, trans_b, hi - lo, c.shape[1], k, a[lo:], k, b, b.shape[1], beta,
+         c[lo:], c.shape[1])

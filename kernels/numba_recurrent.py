@@ -200,7 +200,7 @@ class NumbaRecurrentKernels:
             addr, ilp64, nb = blocks
             dbp = np.zeros((nb, g4), dtype=dt)
             if dh_last is not None:
-                dh = np.array(dh_last, dtype=dt, order="C")  # rewritten: not the caller's
+                dh = dh.copy()  # rewritten in place: never the caller's dh_last
             with single_threaded_blas():
                 _lstm_bwd_seq(addr, ilp64, gates, tcs, cs, c0k, c0 is not None, dh,
                               dh_last is not None, dy, dy_tm, dhs is not None, dc, dz_all,

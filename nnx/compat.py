@@ -36,15 +36,15 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # NumPy's OpenBLAS loaded before nnx (NumPy, or PyTorch, which imports NumPy, imported first)
 # with its default timeout: make it re-read the environment and restart its workers, so the
 # short timeout applies anyway (nnx.threads.restart_blas_workers; NNX_BLAS_RESTART=0: don't).
-blas_restarted = (not _USER_BLAS_TIMEOUT and _BLAS_TIMEOUT_AT_LOAD is not None
-                  and _BLAS_TIMEOUT_AT_LOAD > 8 and threads.restart_blas_workers())
+_SPINS_AT_LOAD = _BLAS_TIMEOUT_AT_LOAD is not None and _BLAS_TIMEOUT_AT_LOAD > 8
+blas_restarted = (_SPINS_AT_LOAD and not _USER_BLAS_TIMEOUT
+                  and threads.restart_blas_workers())
 # Otherwise (the restart declined, or the user asked for a long timeout) its workers do spin
 # after each GEMM, and a parallel Numba kernel that follows a GEMM fights them for the cores:
 # the zoo CNN step measured 75 ms (151 ms of CPU) against 48 ms with serial Numba kernels, 2
 # threads, NumPy imported first. The Numba kernels then run serially (the GEMMs keep BLAS's
 # threads); see numba_dispatch.nchunks.
-blas_spins = (_BLAS_TIMEOUT_AT_LOAD is not None and _BLAS_TIMEOUT_AT_LOAD > 8
-              and not blas_restarted)
+blas_spins = _SPINS_AT_LOAD and not blas_restarted
 # Threads per process: cores / local MPI ranks unless the user set them (nnx.threads). Before
 # Numba is imported: it reads NUMBA_NUM_THREADS once, at import.
 thread_plan = threads.configure()

@@ -195,10 +195,14 @@ def plan(environ=None, cores: tuple[int, str] | None = None,
 
 
 # -- applying it -------------------------------------------------------------------------------
-_BLAS_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-             "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
-_BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-             "openblas_get_num_threads64_", "openblas_get_num_threads", "MKL_Get_Max_Threads")
+# The thread-count calls, in the order tried in each library (nnx.kernels.numba_blas uses them
+# too, on the OpenBLAS whose GEMM its kernels call).
+BLAS_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                  "openblas_set_num_threads64_", "openblas_set_num_threads",
+                  "MKL_Set_Num_Threads")
+BLAS_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                  "openblas_get_num_threads64_", "openblas_get_num_threads",
+                  "MKL_Get_Max_Threads")
 
 
 def mapped_libraries(match) -> list[str]:
@@ -291,7 +295,7 @@ def restart_blas_workers(environ=None) -> bool:
 
 def blas_threads() -> int | None:
     """The thread count of the BLAS loaded in this process (None: none loaded, or unknown)."""
-    for fn in _blas_functions(_BLAS_GET):
+    for fn in _blas_functions(BLAS_GET_NAMES):
         fn.restype = ctypes.c_int
         return int(fn())
     return None
@@ -299,7 +303,7 @@ def blas_threads() -> int | None:
 
 def set_blas_threads(n: int) -> bool:
     """Set the loaded BLAS's thread count now (OpenBLAS, MKL); False when none is loaded."""
-    fns = _blas_functions(_BLAS_SET)
+    fns = _blas_functions(BLAS_SET_NAMES)
     for fn in fns:
         fn.argtypes = [ctypes.c_int]
         fn(int(n))
